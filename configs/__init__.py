@@ -1,0 +1,1 @@
+"""Hydra configs, installed as package data so the console scripts find them anywhere."""
