@@ -77,3 +77,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# Overrides that shrink the real config to something a 2-core CPU trains in seconds.
+TINY = [
+    "data=synthetic",
+    "data.num_images=64",
+    "model=dcgan",
+    "model.g_channels=32",
+    "model.d_channels=8",
+    "model.z_dim=16",
+    "iterations=4",
+    "optim.n_dis=2",
+    "optim.d_batch_size=8",
+    "optim.g_batch_size=8",
+    "optim.ema_start=2",
+    "log_every=1",
+    "log_exact_every=2",
+    "sample_every=2",
+    "checkpoint_every=2",
+    "metrics.enabled=false",
+    "progress=false",
+    "device=cpu",
+]
+
+
+def compose_config(*overrides: str, tiny: bool = True):
+    """The real Hydra config (configs/train.yaml) composed with overrides, as a TrainConfig."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from sngan.cli import CONFIG_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        dcfg = compose("train", overrides=[*(TINY if tiny else []), *overrides])
+    cfg = OmegaConf.to_object(dcfg)
+    cfg.optim.betas = tuple(cfg.optim.betas)
+    return cfg
+
+
+@pytest.fixture
+def tiny_config():
+    """compose_config as a fixture: ``tiny_config("optim.n_dis=1")``."""
+    return compose_config

@@ -1,0 +1,490 @@
+"""The training loop: read it top to bottom in ``train``.
+
+Per generator iteration: ``n_dis`` D steps, each on a fresh real batch and fresh z, then
+one G step on ``g_batch_size`` fresh z; then the EMA of G, then the learning-rate
+schedules; maintenance (logs, samples, evaluation, checkpoints) is gated on the iteration
+count. (The official Chainer updater runs its G step first inside each iteration; over a
+run the two orders differ only in the first and the last update.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from sngan import checkpoint
+from sngan.config import ConfigError, TrainConfig, to_dict, validate
+from sngan.data import BatchStream, load_images
+from sngan.losses import get_loss
+from sngan.models import build_models
+from sngan.spectral_norm import exact_sigmas, sigmas
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or sigma became NaN or inf; the message names the iteration and the value."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM arrived; a checkpoint at the current iteration was saved."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; a CUDA request without CUDA is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={name!r} is not valid: torch.cuda.is_available() is False here "
+                "(no CUDA device, or a CPU-only torch build); use device=cpu or device=auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name!r} is not valid: only {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
+def build_networks(cfg: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    m = cfg.model
+    return build_models(
+        m.name,
+        z_dim=m.z_dim,
+        g_channels=m.g_channels,
+        d_channels=m.d_channels,
+        bottom_width=m.bottom_width,
+        num_classes=m.num_classes,
+    )
+
+
+def sample_z(
+    n: int, z_dim: int, num_classes: int, gen: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """z ~ N(0, I) of shape (n, z_dim), and uniform class labels (n,) for conditional models."""
+    z = torch.randn(n, z_dim, generator=gen, device=device)
+    y = torch.randint(0, num_classes, (n,), generator=gen, device=device) if num_classes else None
+    return z, y
+
+
+def grad_norm(module: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _finite(loss: torch.Tensor, sigma_buffers: list[torch.Tensor]) -> torch.Tensor:
+    values = torch.cat([loss.detach().reshape(1).float(), *(s.reshape(1) for s in sigma_buffers)])
+    return torch.isfinite(values).all()
+
+
+def d_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    real_y: torch.Tensor,
+    z: torch.Tensor,
+    fake_y: torch.Tensor | None,
+    autocast: Any,
+    check: Callable[[torch.Tensor], bool],
+) -> dict[str, torch.Tensor]:
+    """One D update on a real batch and as many generated images; returns device tensors."""
+    with autocast:
+        with torch.no_grad():
+            fake = G(z, fake_y)  # (B, 3, H, W)
+        # Real and fake go through D in one forward: D has no batch statistics, so this
+        # equals two forwards, runs one larger batch and advances u, v once per step.
+        x = torch.cat([real, fake.to(real.dtype)])
+        y = torch.cat([real_y, fake_y]) if fake_y is not None else None
+        logits = D(x, y).float()  # (2B,)
+    real_logits, fake_logits = logits.chunk(2)
+    loss = d_loss(real_logits, fake_logits)
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    if check(loss):
+        opt_d.step()
+    return {"loss/d": loss.detach(), "d/real": real_logits.mean(), "d/fake": fake_logits.mean()}
+
+
+def g_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    g_loss: Callable[[torch.Tensor], torch.Tensor],
+    z: torch.Tensor,
+    y: torch.Tensor | None,
+    autocast: Any,
+    check: Callable[[torch.Tensor], bool],
+) -> dict[str, torch.Tensor]:
+    """One G update against the current D (D's parameters get no gradient)."""
+    D.requires_grad_(False)
+    try:
+        with autocast:
+            logits = D(G(z, y), y).float()  # (B,)
+        loss = g_loss(logits)
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+    finally:
+        D.requires_grad_(True)
+    if check(loss):
+        opt_g.step()
+    return {"loss/g": loss.detach()}
+
+
+@torch.no_grad()
+def update_ema(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
+    """G_ema <- decay * G_ema + (1 - decay) * G; BatchNorm statistics are copied from G."""
+    ema_p, p = list(G_ema.parameters()), list(G.parameters())
+    if decay == 0.0:
+        torch._foreach_copy_(ema_p, p)
+    else:
+        torch._foreach_lerp_(ema_p, p, 1.0 - decay)
+    torch._foreach_copy_(list(G_ema.buffers()), list(G.buffers()))
+
+
+def reference_name(cfg: TrainConfig) -> str:
+    """A cache key for the reference statistics of the training images."""
+    d = cfg.data
+    if d.source == "cifar10":
+        return "cifar10-train"
+    if d.source == "folder":
+        return "folder-" + "".join(c if c.isalnum() else "_" for c in str(Path(d.root).resolve()))
+    return f"synthetic-{cfg.seed}-{d.num_images}-{d.image_size}"
+
+
+@torch.no_grad()
+def sample_grid(G: nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """A (3, H', W') image grid of G(z) in [0, 1], drawn in eval mode."""
+    was_training = G.training
+    G.eval()
+    images = G(z, y).float()
+    G.train(was_training)
+    return torchvision.utils.make_grid(images, nrow=8, normalize=True, value_range=(-1, 1))
+
+
+def _truncate_jsonl(path: Path, last_iteration: int) -> None:
+    """Drop records past ``last_iteration`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["iteration"] <= last_iteration
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
+def _flat_hparams(cfg: TrainConfig) -> dict[str, Any]:
+    out = {}
+    for section, values in to_dict(cfg).items():
+        items = values.items() if isinstance(values, dict) else [(None, values)]
+        for key, value in items:
+            name = f"{section}.{key}" if key else section
+            if isinstance(value, list):
+                value = str(value)
+            if value is None:
+                value = "null"
+            out[name] = value
+    return out
+
+
+class _StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks once per iteration."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave the default handlers
+            pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
+    """Train as ``cfg`` says, writing everything under ``run_dir``; return the last logs."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    on_cuda = device.type == "cuda"
+    use_amp = on_cuda if cfg.amp is None else cfg.amp
+    use_compile = on_cuda if cfg.compile is None else cfg.compile
+    channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    o, m = cfg.optim, cfg.model
+    torch.manual_seed(cfg.seed)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Data: the whole training set as one uint8 tensor on the device.
+    images, labels = load_images(
+        cfg.data.source,
+        root=cfg.data.root,
+        image_size=cfg.data.image_size,
+        download=cfg.data.download,
+        num_images=cfg.data.num_images,
+        seed=cfg.seed,
+    )
+    if o.d_batch_size > len(images):
+        raise ConfigError(
+            f"optim.d_batch_size={o.d_batch_size} is not valid: the data has only "
+            f"{len(images)} images"
+        )
+    stream = BatchStream(images, labels, device=device, seed=cfg.seed, channels_last=channels_last)
+
+    # Networks, optimisers, schedules.
+    G, D = build_networks(cfg)
+    G.to(device, memory_format=memory_format)
+    D.to(device, memory_format=memory_format)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    fused = {"fused": True} if on_cuda else {}
+    opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=o.betas, **fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=o.betas, **fused)
+
+    def lr_factor(it: int) -> float:
+        return max(0.0, 1.0 - it / cfg.iterations) if o.lr_decay == "linear" else 1.0
+
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_factor)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor)
+    d_loss, g_loss = get_loss(cfg.loss.name)
+    z_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    fixed_z, fixed_y = sample_z(
+        64, m.z_dim, m.num_classes, torch.Generator(device=device).manual_seed(cfg.seed + 2), device
+    )
+    if fixed_y is not None:
+        fixed_y = torch.arange(64, device=device) % m.num_classes  # each row of the grid a class
+
+    # Resume: every piece of state, so that the continued run equals an uninterrupted one.
+    start, best_fid = 0, math.inf
+    if cfg.resume:
+        path = checkpoint.find_latest(cfg.resume)
+        state = checkpoint.load(path, map_location=device)
+        saved = state["config"]["model"]
+        if saved != to_dict(cfg)["model"]:
+            raise checkpoint.CheckpointError(
+                f"{path} was saved by model {saved} but the config has model "
+                f"{to_dict(cfg)['model']}"
+            )
+        for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
+            module.load_state_dict(state[key])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        sched_g.load_state_dict(state["sched_g"])
+        sched_d.load_state_dict(state["sched_d"])
+        stream.load_state_dict(state["stream"])
+        z_gen.set_state(state["rng"]["z"].cpu())
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        start, best_fid = state["iteration"], state["best_fid"]
+        print(f"resuming {run_dir} from {path} at iteration {start}")
+    _truncate_jsonl(run_dir / "metrics.jsonl", start)
+
+    def snapshot(iteration: int) -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            "config": to_dict(cfg),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "sched_g": sched_g.state_dict(),
+            "sched_d": sched_d.state_dict(),
+            "stream": stream.state_dict(),
+            "rng": {"z": z_gen.get_state(), "torch": torch.get_rng_state()},
+            "best_fid": best_fid,
+        }
+
+    # Compiled modules share parameters with G and D; checkpoints use the plain modules.
+    G_run = torch.compile(G) if use_compile else G
+    D_run = torch.compile(D) if use_compile else D
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
+    d_sigmas = [
+        getattr(mod, name + "_sigma")
+        for mod in D.modules()
+        if hasattr(mod, "_sn")
+        for name in mod._sn
+    ]
+    skipped = 0
+
+    def check_factory(iteration: int) -> Callable[[torch.Tensor], bool]:
+        def check(loss: torch.Tensor) -> bool:
+            nonlocal skipped
+            # One host sync per update: the price of stopping at the very step that failed.
+            if bool(_finite(loss, d_sigmas)):
+                return True
+            if cfg.nan_policy == "skip":
+                skipped += 1
+                return False
+            bad = float(loss.detach().float())
+            path = checkpoint.save(
+                snapshot(iteration), checkpoint.checkpoint_dir(run_dir) / "last_good.pt"
+            )
+            raise NonFiniteError(
+                f"non-finite value at iteration {iteration + 1}: loss={bad}, "
+                f"sigmas={ {k: v for k, v in sigmas(D).items() if not math.isfinite(v)} }; "
+                f"the last good state (iteration {iteration}) is saved as {path}; "
+                "set nan_policy=skip to skip such steps instead"
+            )
+
+        return check
+
+    # Logging.
+    # Events logged after the checkpoint we resume from (steps > start) are purged.
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    imgs_per_it = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
+    last: dict[str, float] = {}
+    t_start = t_log = time.perf_counter()
+    it_log = start
+    bar = tqdm(
+        total=cfg.iterations, initial=start, disable=not cfg.progress, unit="it", dynamic_ncols=True
+    )
+    evaluate = None
+    if cfg.metrics.enabled:
+        from sngan.metrics import evaluate  # torch-fidelity is imported only when used
+
+    with _StopRequest() as stop:
+        for it in range(start, cfg.iterations):
+            done = it + 1
+            check = check_factory(it)
+            G.train()
+            D.train()
+
+            # D steps: n_dis of them, each on a fresh real batch and fresh z.
+            for _ in range(o.n_dis):
+                real, real_y = stream.next(o.d_batch_size)
+                z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, z_gen, device)
+                stats = d_step(
+                    G_run, D_run, opt_d, d_loss, real, real_y, z, fake_y, autocast, check
+                )
+
+            # G step: g_batch_size fresh z (128 in the official ResNet config, twice D's).
+            z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, z_gen, device)
+            stats.update(g_step(G_run, D_run, opt_g, g_loss, z, fake_y, autocast, check))
+
+            # EMA of G: a plain copy until ema_start, then an exponential average.
+            update_ema(G_ema, G, 0.0 if done <= o.ema_start else o.ema_decay)
+
+            # Schedules: linear decay to 0 at the last iteration.
+            sched_g.step()
+            sched_d.step()
+            bar.update(1)
+
+            # Maintenance, each gated on the iteration count.
+            if done % cfg.log_every == 0 or done == cfg.iterations:
+                stats["grad_norm/d"] = grad_norm(D)
+                stats["grad_norm/g"] = grad_norm(G)
+                keys = list(stats)
+                values = torch.stack([stats[k].float() for k in keys]).tolist()  # one sync
+                now = time.perf_counter()
+                it_per_s = (done - it_log) / max(now - t_log, 1e-9)
+                t_log, it_log = now, done
+                last = dict(zip(keys, values, strict=True))
+                last["lr/g"] = opt_g.param_groups[0]["lr"]
+                last["lr/d"] = opt_d.param_groups[0]["lr"]
+                last["perf/it_per_s"] = it_per_s
+                last["perf/img_per_s"] = it_per_s * imgs_per_it
+                if skipped:
+                    last["nonfinite/skipped"] = float(skipped)
+                last.update({f"sigma/{k}": v for k, v in sigmas(D).items()})
+                for key, value in last.items():
+                    writer.add_scalar(key, value, done)
+                bar.set_postfix(
+                    {"loss/d": f"{last['loss/d']:.3f}", "loss/g": f"{last['loss/g']:.3f}"}
+                )
+            if done % cfg.log_exact_every == 0:
+                for key, value in exact_sigmas(D).items():
+                    writer.add_scalar(f"sigma_exact/{key}", value, done)
+            if done % cfg.sample_every == 0 or done == cfg.iterations:
+                for name, net in (("G_ema", G_ema), ("G", G)):
+                    grid = sample_grid(net, fixed_z, fixed_y)
+                    writer.add_image(f"samples/{name}", grid, done)
+                    torchvision.utils.save_image(
+                        grid, run_dir / "samples" / f"{name}_{done:07d}.png"
+                    )
+            is_best = False
+            eval_due = cfg.metrics.eval_every and done % cfg.metrics.eval_every == 0
+            if evaluate is not None and (eval_due or done == cfg.iterations):
+                t_eval = time.perf_counter()
+                e = cfg.metrics
+                result = evaluate(
+                    G_ema,
+                    images,
+                    reference_name=reference_name(cfg),
+                    protocol=e.protocol,
+                    num_samples=e.num_samples,
+                    batch_size=e.batch_size,
+                    kid=e.kid,
+                    inception_weights=e.inception_weights,
+                    cache_dir=e.cache_dir,
+                    device=device,
+                    seed=cfg.seed,
+                )
+                result["perf/eval_s"] = time.perf_counter() - t_eval
+                for key, value in result.items():
+                    writer.add_scalar(key, value, done)
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    record = {"iteration": done, "protocol": e.protocol, **result}
+                    f.write(json.dumps(record) + "\n")
+                last.update(result)
+                if result["metrics/fid"] < best_fid:
+                    best_fid, is_best = result["metrics/fid"], True
+            save_now = done % cfg.checkpoint_every == 0 or done == cfg.iterations
+            if save_now or is_best or stop.signal is not None:
+                path = checkpoint.save_snapshot(snapshot(done), run_dir, cfg.keep_checkpoints)
+                if is_best:
+                    checkpoint.link(path, checkpoint.BEST)
+                writer.flush()
+            if stop.signal is not None:
+                bar.close()
+                writer.close()
+                name = signal.Signals(stop.signal).name
+                raise Interrupted(
+                    f"{name} received: saved {path} at iteration {done}; "
+                    f"resume with: sngan-train resume={run_dir}"
+                )
+
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+    final = {k: v for k, v in last.items() if k.startswith(("loss/", "metrics/"))}
+    writer.add_hparams(
+        _flat_hparams(cfg),
+        {f"hparam/{k}": v for k, v in final.items()},
+        run_name="hparams",
+        global_step=cfg.iterations,
+    )
+    writer.close()
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in final.items())
+    print(
+        f"sngan: {cfg.iterations - start} iterations in {elapsed:.1f} s "
+        f"({(cfg.iterations - start) / max(elapsed, 1e-9):.2f} it/s); {summary}; run_dir={run_dir}"
+    )
+    return last
