@@ -5,7 +5,8 @@ is computed one way and returned next to the sample counts that define it.
 
 How each number is computed (torch-fidelity's ``inception-v3-compat`` network, a port of the
 TensorFlow Inception graph of 2015-12-05 that the original IS and FID code used; images are
-resized to 299x299 the way TensorFlow 1 did):
+resized to 299x299 the way TensorFlow 1 did; generation and Inception run in plain FP32, with
+TF32 and autocast switched off for the duration whatever the caller had set):
 
 - Generated images: ``G`` in eval mode (BatchNorm uses its running statistics and does not update
   them; every module's mode is restored afterwards), ``z ~ N(0, I)`` from torch-fidelity's noise
@@ -65,6 +66,7 @@ import hashlib
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -180,7 +182,7 @@ def evaluate(
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda', got device={device}")
 
-    weights = _inception_weights_file(inception_weights)  # fail before any generation
+    weights = inception_weights_file(inception_weights)  # fail before any generation
     real = reference[:num_real].cpu().contiguous()
     cache_name = "-".join(
         [_slug(reference_name), f"n{num_real}", _tensor_digest(real), f"w{_file_digest(weights)}"]
@@ -201,10 +203,11 @@ def evaluate(
     modes = {module: module.training for module in G.modules()}
     first = next(G.parameters(), None)
     home = first.device if first is not None else None
+    # torch-fidelity moves things with .cuda(), i.e. to the current CUDA device.
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
         G.eval().to(device)
-        with on_device:
+        with on_device, _full_precision(device):
             if spec.num_fake_is is None:
                 # One pass of Inception over the generated images serves IS, FID and KID.
                 out = torch_fidelity.calculate_metrics(
@@ -306,8 +309,28 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _inception_weights_file(path: str | os.PathLike | None) -> Path:
-    """The Inception weights file to load: ``path``, or torch hub's copy, downloaded if missing."""
+@contextlib.contextmanager
+def _full_precision(device: torch.device) -> Iterator[None]:
+    """Plain FP32 inside, whatever autocast or TF32 the caller (e.g. the training loop) enabled.
+
+    TF32 convolutions (PyTorch's default on Ampere and later) move Inception's features, and so
+    FID, by amounts that depend on the GPU; the metrics should not depend on who called them.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def inception_weights_file(path: str | os.PathLike | None = None) -> Path:
+    """The Inception weights file to load: ``path``, or torch hub's copy, downloaded if missing.
+
+    Raises FileNotFoundError for a missing ``path`` and RuntimeError when the download fails,
+    naming the file and both ways to provide it; callers can run it to fail early.
+    """
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
@@ -331,6 +354,10 @@ def _inception_weights_file(path: str | os.PathLike | None) -> Path:
             f"then either pass it with metrics.inception_weights=<file> or copy it to {hub_file}."
         ) from err
     return hub_file
+
+
+# sngan.train calls this name; inception_weights_file is the public one.
+_inception_weights_file = inception_weights_file
 
 
 def _slug(name: str) -> str:

@@ -64,10 +64,13 @@ class TinyGenerator(nn.Module):
         self.fc = nn.Linear(z_dim, 3 * 4 * 4)
         self.bn = nn.BatchNorm1d(3 * 4 * 4)
         self.noise_seen: list[torch.Tensor] = []
+        self.precision_seen: set[tuple[bool, bool, bool]] = set()
         self.labels_seen: list[torch.Tensor] = []
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         self.noise_seen.append(z.cpu())
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        self.precision_seen.add((torch.is_autocast_enabled(z.device.type), *tf32))
         if self.embed is not None:
             self.labels_seen.append(y.cpu())
             z = z + self.embed(y)
@@ -226,10 +229,20 @@ def test_evaluate_standard_end_to_end_then_from_cached_reference_statistics(
     assert any("stat-fid-2048" in name for name in cached), cached
     assert all(name.startswith(f"cifar10-train-n{NUM_REAL}-") for name in cached), cached
 
-    second = metrics.evaluate(G, reference, **kwargs)
+    # Again, called the way a mixed-precision training loop might call it.
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            second = metrics.evaluate(G, reference, **kwargs)
+        tf32_after = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
     assert reference_extractions == [NUM_REAL]  # statistics read back, not recomputed
-    assert second == pytest.approx(first)  # same seed, same noise, same numbers
+    assert second == pytest.approx(first)  # same seed, same noise, FP32: same numbers
+    assert G.precision_seen == {(False, False, False)}  # no autocast, no TF32 inside ...
+    assert tf32_after == (True, True)  # ... and the caller's settings back afterwards
     assert image_saves == []
     assert {p.suffix for p in tmp_path.rglob("*") if p.is_file()} == {".pt"}
 
@@ -354,13 +367,15 @@ def test_evaluate_on_cuda(tmp_path, inception_weights, reference):
         cache_dir=str(tmp_path / "cache"),
     )
 
+    tf32 = torch.backends.cudnn.allow_tf32
     out = metrics.evaluate(G, reference, device="cuda", **kwargs)
 
     assert set(out) == KEYS | {"metrics/kid"}
     assert all(math.isfinite(v) for v in out.values())
     assert next(G.parameters()).device.type == "cpu"
     assert G.training
-    # Same noise and labels on either device; cuDNN's TF32 convolutions allow small differences.
+    assert torch.backends.cudnn.allow_tf32 == tf32  # switched off during evaluation only
+    # Same noise and labels on either device, FP32 on both: the same numbers up to rounding.
     on_cpu = metrics.evaluate(G, reference, device="cpu", **kwargs)
-    assert out["metrics/fid"] == pytest.approx(on_cpu["metrics/fid"], rel=0.05, abs=1e-3)
-    assert out["metrics/is"] == pytest.approx(on_cpu["metrics/is"], rel=1e-3)
+    assert out["metrics/fid"] == pytest.approx(on_cpu["metrics/fid"], rel=1e-3, abs=1e-4)
+    assert out["metrics/is"] == pytest.approx(on_cpu["metrics/is"], rel=1e-4)
