@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -34,11 +35,15 @@ from sngan.spectral_norm import exact_sigmas, sigmas
 
 
 class NonFiniteError(RuntimeError):
-    """A loss or sigma became NaN or inf; the message names the iteration and the value."""
+    """A loss, gradient or sigma became NaN or inf; the message names the step and the value."""
 
 
 class Interrupted(RuntimeError):
     """SIGINT or SIGTERM arrived; a checkpoint at the current iteration was saved."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,9 +90,46 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def _finite(loss: torch.Tensor, sigma_buffers: list[torch.Tensor]) -> torch.Tensor:
-    values = torch.cat([loss.detach().reshape(1).float(), *(s.reshape(1) for s in sigma_buffers)])
-    return torch.isfinite(values).all()
+class _UpdateGuard:
+    """Finds NaN or inf in an update (loss, gradient norm, D's sigmas) before it is applied.
+
+    Training forwards change buffers in place before the loss exists: D's power iteration
+    advances u, v and the logged sigma, G's BatchNorm its running statistics.
+    ``before_forward`` keeps a copy of every buffer of G and D, so that an update that is then
+    rejected leaves both exactly as they were: for a skipped step and for the last good state
+    saved on a stop.
+    """
+
+    def __init__(self, G: nn.Module, D: nn.Module) -> None:
+        self.D = D
+        self.sigmas = [
+            getattr(mod, name + "_sigma")
+            for mod in D.modules()
+            if hasattr(mod, "_sn")
+            for name in mod._sn
+        ]
+        self.buffers = [*G.buffers(), *D.buffers()]
+        self.saved = [buf.clone() for buf in self.buffers]
+
+    def before_forward(self) -> None:
+        torch._foreach_copy_(self.saved, self.buffers)
+
+    def bad_values(self, loss_name: str, loss: torch.Tensor, net: nn.Module) -> dict[str, float]:
+        """The non-finite values of the update ``net`` is about to make; {} if there are none."""
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        norm = grad_norm(net) if grads else loss.new_zeros(())
+        values = torch.cat(
+            [loss.detach().reshape(1).float(), norm.reshape(1).float()]
+            + [s.reshape(1).float() for s in self.sigmas]
+        )
+        # One host sync per update: the price of stopping at the very step that failed.
+        if bool(torch.isfinite(values).all()):
+            return {}
+        suffix = loss_name.rsplit("/", 1)[-1]
+        named = {loss_name: float(loss.detach()), f"grad_norm/{suffix}": float(norm)}
+        named.update({f"sigma/{k}": v for k, v in sigmas(self.D).items()})
+        torch._foreach_copy_(self.buffers, self.saved)  # undo the forwards of this update
+        return {k: v for k, v in named.items() if not math.isfinite(v)}
 
 
 def d_step(
@@ -176,6 +218,13 @@ def sample_grid(G: nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.
     return torchvision.utils.make_grid(images, nrow=8, normalize=True, value_range=(-1, 1))
 
 
+def _record_iteration(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+        return None
+
+
 def _truncate_jsonl(path: Path, last_iteration: int) -> None:
     """Drop records past ``last_iteration`` (written after the checkpoint a resume starts from)."""
     if not path.exists():
@@ -183,7 +232,7 @@ def _truncate_jsonl(path: Path, last_iteration: int) -> None:
     keep = [
         line
         for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["iteration"] <= last_iteration
+        if (i := _record_iteration(line)) is not None and i <= last_iteration
     ]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
@@ -205,7 +254,11 @@ def _flat_hparams(cfg: TrainConfig) -> dict[str, Any]:
 
 
 class _StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks once per iteration."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks once per iteration.
+
+    The first signal restores the previous handlers, so a second one stops at once
+    (KeyboardInterrupt for Ctrl-C) without waiting for the checkpoint.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -221,10 +274,75 @@ class _StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal = signum
+        self._restore()
+        print(
+            f"sngan-train: {signal.Signals(signum).name} received, saving a checkpoint at the "
+            "end of this iteration (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    def __exit__(self, *exc: Any) -> None:
+    def _restore(self) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old.clear()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
+def resume_hint(run_dir: Path, extra: str = "") -> str:
+    """How to continue ``run_dir`` from its newest checkpoint, or that there is none."""
+    extra = f" {extra}" if extra else ""
+    try:
+        path = checkpoint.find_latest(run_dir)
+    except checkpoint.CheckpointError:
+        return f"no checkpoint of this run was saved yet; start it again{extra and ' with' + extra}"
+    return f"the newest checkpoint is {path}; resume with: sngan-train resume={run_dir}{extra}"
+
+
+def _resume_checkpoint(
+    cfg: TrainConfig, run_dir: Path, device: torch.device
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint ``cfg.resume`` continues from, checked against ``cfg``; (None, None) if new.
+
+    A new run refuses a directory that already holds checkpoints, which it would overwrite.
+    """
+    if not cfg.resume:
+        try:
+            existing = checkpoint.find_latest(run_dir)
+        except checkpoint.CheckpointError:
+            return None, None
+        raise ConfigError(
+            f"{run_dir} already holds the checkpoints of a run ({existing}); continue it with "
+            f"resume={run_dir}, or start this run in another directory (hydra.run.dir=...)"
+        )
+    path = checkpoint.find_latest(cfg.resume)
+    state = checkpoint.load(path, map_location=device)
+    saved, current = state["config"].get("model", {}), to_dict(cfg)["model"]
+    if saved != current:
+        keys = [k for k in current if saved.get(k) != current[k]]
+        raise checkpoint.CheckpointError(
+            f"{path} was saved by model {', '.join(f'{k}={saved.get(k)}' for k in keys)} but the "
+            f"config has model {', '.join(f'{k}={current[k]}' for k in keys)}"
+        )
+    if state["iteration"] > cfg.iterations:
+        raise ConfigError(
+            f"iterations={cfg.iterations} is not valid: {path} is already at iteration "
+            f"{state['iteration']}"
+        )
+    return state, path
+
+
+def _metrics_evaluate(cfg: TrainConfig) -> Callable[..., dict[str, float]]:
+    """sngan.metrics.evaluate, once its Inception weights are known to be there (or fetched)."""
+    from sngan import metrics  # torch-fidelity is imported only when used
+
+    try:
+        metrics.inception_weights_file(cfg.metrics.inception_weights)
+    except (OSError, RuntimeError) as e:  # missing file; offline without a cached copy
+        raise ConfigError(str(e)) from e
+    return metrics.evaluate
 
 
 def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
@@ -244,15 +362,25 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
+    # Checks that need files, before any time is spent on data or networks.
+    state, path = _resume_checkpoint(cfg, run_dir, device)
+    if state is not None and state["iteration"] == cfg.iterations:
+        print(f"sngan: {path} is at iteration {cfg.iterations} already; nothing to train")
+        return {}
+    evaluate = _metrics_evaluate(cfg) if cfg.metrics.enabled else None
+
     # Data: the whole training set as one uint8 tensor on the device.
-    images, labels = load_images(
-        cfg.data.source,
-        root=cfg.data.root,
-        image_size=cfg.data.image_size,
-        download=cfg.data.download,
-        num_images=cfg.data.num_images,
-        seed=cfg.seed,
-    )
+    try:
+        images, labels = load_images(
+            cfg.data.source,
+            root=cfg.data.root,
+            image_size=cfg.data.image_size,
+            download=cfg.data.download,
+            num_images=cfg.data.num_images,
+            seed=cfg.seed,
+        )
+    except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
+        raise ConfigError(str(e)) from e
     if o.d_batch_size > len(images):
         raise ConfigError(
             f"optim.d_batch_size={o.d_batch_size} is not valid: the data has only "
@@ -283,26 +411,27 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
         fixed_y = torch.arange(64, device=device) % m.num_classes  # each row of the grid a class
 
     # Resume: every piece of state, so that the continued run equals an uninterrupted one.
-    start, best_fid = 0, math.inf
-    if cfg.resume:
-        path = checkpoint.find_latest(cfg.resume)
-        state = checkpoint.load(path, map_location=device)
-        saved = state["config"]["model"]
-        if saved != to_dict(cfg)["model"]:
+    start, best_fid, skipped = 0, math.inf, 0
+    if state is not None:
+        try:
+            for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
+                module.load_state_dict(state[key])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            sched_g.load_state_dict(state["sched_g"])
+            sched_d.load_state_dict(state["sched_d"])
+            stream.load_state_dict(state["stream"])
+            z_gen.set_state(state["rng"]["z"].cpu())
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+        except (KeyError, RuntimeError, ValueError) as e:
+            detail = " ".join(str(e).split())
             raise checkpoint.CheckpointError(
-                f"{path} was saved by model {saved} but the config has model "
-                f"{to_dict(cfg)['model']}"
-            )
-        for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
-            module.load_state_dict(state[key])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        sched_g.load_state_dict(state["sched_g"])
-        sched_d.load_state_dict(state["sched_d"])
-        stream.load_state_dict(state["stream"])
-        z_gen.set_state(state["rng"]["z"].cpu())
-        torch.set_rng_state(state["rng"]["torch"].cpu())
+                f"{path} does not fit the networks and data of its own config "
+                f"(saved by sngan {state.get('sngan_version')}): {detail[:400]}"
+            ) from e
         start, best_fid = state["iteration"], state["best_fid"]
+        skipped = state.get("skipped", 0)
+        checkpoint.remove_temporary_files(run_dir)
         print(f"resuming {run_dir} from {path} at iteration {start}")
     _truncate_jsonl(run_dir / "metrics.jsonl", start)
 
@@ -320,45 +449,46 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             "stream": stream.state_dict(),
             "rng": {"z": z_gen.get_state(), "torch": torch.get_rng_state()},
             "best_fid": best_fid,
+            "skipped": skipped,
         }
 
     # Compiled modules share parameters with G and D; checkpoints use the plain modules.
     G_run = torch.compile(G) if use_compile else G
     D_run = torch.compile(D) if use_compile else D
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-    d_sigmas = [
-        getattr(mod, name + "_sigma")
-        for mod in D.modules()
-        if hasattr(mod, "_sn")
-        for name in mod._sn
-    ]
-    skipped = 0
+    guard = _UpdateGuard(G, D)
 
-    def check_factory(iteration: int) -> Callable[[torch.Tensor], bool]:
+    def check_factory(iteration: int, step: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
+        """The check d_step/g_step run between backward and the optimiser step (nan_policy)."""
+        loss_name = "loss/d" if net is D else "loss/g"
+
         def check(loss: torch.Tensor) -> bool:
             nonlocal skipped
-            # One host sync per update: the price of stopping at the very step that failed.
-            if bool(_finite(loss, d_sigmas)):
+            bad = guard.bad_values(loss_name, loss, net)
+            if not bad:
                 return True
+            where = f"iteration {iteration + 1} ({step})"
+            values = ", ".join(f"{k}={v}" for k, v in bad.items())
             if cfg.nan_policy == "skip":
                 skipped += 1
+                tqdm.write(f"sngan-train: skipped the update of {where}: {values}", sys.stderr)
                 return False
-            bad = float(loss.detach().float())
+            # The networks and optimisers as they were just before this update.
             path = checkpoint.save(
-                snapshot(iteration), checkpoint.checkpoint_dir(run_dir) / "last_good.pt"
+                snapshot(iteration), checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST_GOOD
             )
+            hint = resume_hint(run_dir, "nan_policy=skip")
             raise NonFiniteError(
-                f"non-finite value at iteration {iteration + 1}: loss={bad}, "
-                f"sigmas={ {k: v for k, v in sigmas(D).items() if not math.isfinite(v)} }; "
-                f"the last good state (iteration {iteration}) is saved as {path}; "
-                "set nan_policy=skip to skip such steps instead"
+                f"non-finite value in {where}: {values}; the state before this update is saved "
+                f"as {path}. To skip such updates instead: {hint}"
             )
 
         return check
 
     # Logging.
-    # Events logged after the checkpoint we resume from (steps > start) are purged.
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1 if start else None)
+    # Events logged after the checkpoint we resume from (steps > start) are purged, and so are
+    # those of an earlier attempt in this directory that was killed before its first checkpoint.
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     imgs_per_it = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
     last: dict[str, float] = {}
@@ -367,27 +497,27 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     bar = tqdm(
         total=cfg.iterations, initial=start, disable=not cfg.progress, unit="it", dynamic_ncols=True
     )
-    evaluate = None
-    if cfg.metrics.enabled:
-        from sngan.metrics import evaluate  # torch-fidelity is imported only when used
 
     with _StopRequest() as stop:
         for it in range(start, cfg.iterations):
             done = it + 1
-            check = check_factory(it)
             G.train()
             D.train()
 
             # D steps: n_dis of them, each on a fresh real batch and fresh z.
-            for _ in range(o.n_dis):
+            for j in range(o.n_dis):
                 real, real_y = stream.next(o.d_batch_size)
                 z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, z_gen, device)
+                guard.before_forward()
+                check = check_factory(it, f"D step {j + 1} of {o.n_dis}", D)
                 stats = d_step(
                     G_run, D_run, opt_d, d_loss, real, real_y, z, fake_y, autocast, check
                 )
 
             # G step: g_batch_size fresh z (128 in the official ResNet config, twice D's).
             z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, z_gen, device)
+            guard.before_forward()
+            check = check_factory(it, "G step", G)
             stats.update(g_step(G_run, D_run, opt_g, g_loss, z, fake_y, autocast, check))
 
             # EMA of G: a plain copy until ema_start, then an exponential average.
@@ -459,17 +589,20 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                     best_fid, is_best = result["metrics/fid"], True
             save_now = done % cfg.checkpoint_every == 0 or done == cfg.iterations
             if save_now or is_best or stop.signal is not None:
+                # Logs first: a checkpoint on disk means every log up to it is on disk too, so a
+                # resume from it (which purges later steps) leaves no gap.
+                writer.flush()
                 path = checkpoint.save_snapshot(snapshot(done), run_dir, cfg.keep_checkpoints)
                 if is_best:
                     checkpoint.link(path, checkpoint.BEST)
-                writer.flush()
-            if stop.signal is not None:
+            if stop.signal is not None and done < cfg.iterations:
                 bar.close()
                 writer.close()
                 name = signal.Signals(stop.signal).name
                 raise Interrupted(
                     f"{name} received: saved {path} at iteration {done}; "
-                    f"resume with: sngan-train resume={run_dir}"
+                    f"resume with: sngan-train resume={run_dir}",
+                    stop.signal,
                 )
 
     bar.close()
