@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,41 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         "choose auto, cpu, cuda or cuda:N",
     )
     return cfg
+
+
+def config_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every settable key of ``schema`` by its full name (``optim.n_dis``), in schema order."""
+    out = []
+    for f in dataclasses.fields(schema):
+        kind = typing.get_type_hints(schema)[f.name]
+        if dataclasses.is_dataclass(kind):
+            out += config_keys(kind, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def expected_value(key: str) -> str | None:
+    """What ``key`` (a full name; ``optim.betas[1]`` too) takes, in words; None if not a value."""
+    schema: Any = TrainConfig
+    kind: Any = None
+    for part in key.split("[")[0].split("."):
+        hints = typing.get_type_hints(schema) if dataclasses.is_dataclass(schema) else {}
+        if part not in hints:
+            return None
+        kind = schema = hints[part]
+    if dataclasses.is_dataclass(kind):
+        return None
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple:
+        return f"a list of {len(args)} numbers, e.g. [0.0, 0.9]"
+    if type(None) in args:  # X | None
+        inner = next(a for a in args if a is not type(None))
+        return "true, false or null" if inner is bool else f"{_KINDS[inner]} or null"
+    return _KINDS.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
