@@ -319,6 +319,12 @@ def _resume_checkpoint(
         )
     path = checkpoint.find_latest(cfg.resume)
     state = checkpoint.load(path, map_location=device)
+    missing = [k for k in ("sched_g", "sched_d", "stream", "rng", "best_fid") if k not in state]
+    if missing:
+        raise checkpoint.CheckpointError(
+            f"{path} cannot be resumed: it has no {', '.join(missing)} (a checkpoint made for "
+            "sampling and evaluation, not by a training run)"
+        )
     saved, current = state["config"].get("model", {}), to_dict(cfg)["model"]
     if saved != current:
         keys = [k for k in current if saved.get(k) != current[k]]
