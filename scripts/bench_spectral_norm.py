@@ -1,0 +1,298 @@
+"""Time forward+backward of the paper's SN discriminators with three spectral norms.
+
+For each discriminator (the standard CNN of Table 3 and the ResNet of Table 4, at the
+paper's widths) three copies of the same network are built: (a) ``none``, sngan's spectral
+norm removed with ``remove_spectral_norm`` (the baked ``W / sigma`` becomes a plain weight),
+(b) ``ours``, as the constructor builds it, and (c) ``torch``, the same layers with
+``torch.nn.utils.parametrizations.spectral_norm`` instead. Each timed call is one
+training-mode forward of a (B, 3, 32, 32) batch, a backward of the summed logits and the
+``zero_grad`` before it, as in a D step. The three are timed in interleaved rounds (the order
+rotates each round), so machine noise hits all three alike; the ratios are taken within each
+round and their median is reported.
+
+Targets (issue): ``ours`` within 5 % of ``none`` and no slower than ``torch``.
+
+    python scripts/bench_spectral_norm.py --json bench_sn.json
+    python scripts/bench_spectral_norm.py --device cuda --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+from sngan.models import DISCRIMINATORS
+from sngan.spectral_norm import is_spectral_normalized, remove_spectral_norm
+
+VARIANTS = ("none", "ours", "torch")
+ARCHITECTURES = ("dcgan", "resnet")
+# The issue's targets, as upper bounds on the paired time ratios.
+TARGETS = {"ours/none": 1.05, "ours/torch": 1.00}
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine(device: torch.device) -> dict[str, object]:
+    """What the figures were measured on: device name, CPU, cores, threads, torch version."""
+    info: dict[str, object] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    info["load_average_at_start"] = load_average()
+    return info
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: how busy the machine was (None where unknown)."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def swap_spectral_norm(model: nn.Module, variant: str) -> nn.Module:
+    """Replace sngan's spectral norm in ``model`` by none or torch's, in place; returns ``model``.
+
+    ``variant``: ``ours`` leaves the model as built; ``none`` bakes each ``W / sigma`` into a
+    plain weight; ``torch`` then applies ``torch.nn.utils.parametrizations.spectral_norm`` to
+    the same layers (one power iteration per training forward, as ours).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if variant == "ours":
+        return model
+    layers = [m for m in model.modules() if is_spectral_normalized(m)]
+    for layer in layers:
+        remove_spectral_norm(layer)
+        if variant == "torch":
+            parametrizations.spectral_norm(layer)
+    return model
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles, min and max of ``values``."""
+    ordered = sorted(values)
+    if len(ordered) > 1:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {
+        "median": statistics.median(ordered),
+        "q1": q1,
+        "q3": q3,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def interleaved_times(
+    calls: dict[str, Callable[[], None]],
+    *,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    number: int,
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one list entry per round, rounds interleaved.
+
+    Round r times ``number`` calls of each function in turn, starting at a different one
+    each round (A B C, B C A, ...), so slow drift and contention land on all of them.
+    """
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = calls[name]
+            synchronize(device)
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - t0) / number)
+    return times
+
+
+def paired_ratios(times: dict[str, list[float]], a: str, b: str) -> list[float]:
+    """Round-by-round ratios ``times[a] / times[b]`` (each pair measured in the same round)."""
+    return [ta / tb for ta, tb in zip(times[a], times[b], strict=True)]
+
+
+def build_discriminator(arch: str, variant: str, device: torch.device) -> nn.Module:
+    """The paper's unconditional D of ``arch`` at its default width, with ``variant``'s SN."""
+    torch.manual_seed(0)  # the same initial weights for every variant
+    D = swap_spectral_norm(DISCRIMINATORS[arch](), variant)
+    return D.to(device).train()
+
+
+def forward_backward(D: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step() -> None:
+        D.zero_grad(set_to_none=True)
+        D(x).sum().backward()
+
+    return step
+
+
+def bench_architecture(
+    arch: str, *, device: torch.device, batch_size: int, warmup: int, repeats: int, number: int
+) -> dict[str, object]:
+    """Time the three variants of ``arch`` side by side; medians in ms and paired ratios."""
+    x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
+    calls = {v: forward_backward(build_discriminator(arch, v, device), x) for v in VARIANTS}
+    times = interleaved_times(calls, device=device, warmup=warmup, repeats=repeats, number=number)
+    ratios = {key: summary(paired_ratios(times, *key.split("/"))) for key in TARGETS}
+    return {
+        "ms": {
+            v: {k: 1e3 * t if k != "n" else t for k, t in summary(times[v]).items()}
+            for v in VARIANTS
+        },
+        "ratio": ratios,
+        "target_met": {key: ratios[key]["median"] <= bound for key, bound in TARGETS.items()},
+        "raw_s": times,
+    }
+
+
+def print_table(results: dict[str, dict], batch_size: int) -> None:
+    print(f"\nforward+backward at batch {batch_size}, 32x32 (median of rounds; ms)")
+    print(f"{'D':<8}{'none':>10}{'ours':>10}{'torch':>10}{'ours/none':>28}{'ours/torch':>28}")
+    for arch, r in results.items():
+        ms = [f"{r['ms'][v]['median']:10.2f}" for v in VARIANTS]
+        cells = []
+        for key, bound in TARGETS.items():
+            q = r["ratio"][key]
+            flag = "ok" if r["target_met"][key] else f">{bound:.2f}"
+            cells.append(f"{q['median']:.3f} ({q['q1']:.3f}-{q['q3']:.3f}) {flag:>5}")
+        print(f"{arch:<8}{''.join(ms)}{cells[0]:>28}{cells[1]:>28}")
+    print(
+        "ratios: median (interquartile range) over rounds of the paired per-round ratio; "
+        f"targets ours/none <= {TARGETS['ours/none']}, ours/torch <= {TARGETS['ours/torch']}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--archs", default=",".join(ARCHITECTURES), help="comma-separated: dcgan,resnet")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved rounds (default: 20 on CPU, 30 on CUDA)",
+    )
+    p.add_argument(
+        "--number",
+        type=int,
+        default=None,
+        help="calls per variant per round (default: 1 on CPU, 20 on CUDA)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed calls of each variant first (default: 2 on CPU, 10 on CUDA)",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = p.parse_args(argv)
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    on_cuda = device.type == "cuda"
+    repeats = args.repeats or (30 if on_cuda else 20)
+    number = args.number or (20 if on_cuda else 1)
+    warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 2)
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = sorted(set(archs) - set(ARCHITECTURES))
+    if unknown:
+        p.error(f"unknown --archs {unknown}; choose from {', '.join(ARCHITECTURES)}")
+    if on_cuda:
+        # As sngan.train does on CUDA.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    info = machine(device)
+    print(
+        f"{info['device_name']} | {info['cpu_count']} CPUs, {info['torch_threads']} torch "
+        f"threads | torch {info['torch']} | repeats {repeats} x {number} call(s), "
+        f"warm-up {warmup}"
+    )
+    results = {
+        arch: bench_architecture(
+            arch,
+            device=device,
+            batch_size=args.batch_size,
+            warmup=warmup,
+            repeats=repeats,
+            number=number,
+        )
+        for arch in archs
+    }
+    print_table(results, args.batch_size)
+    info["load_average_at_end"] = load_average()
+    out = {
+        "benchmark": "spectral_norm_forward_backward",
+        "machine": info,
+        "settings": {
+            "batch_size": args.batch_size,
+            "image_size": 32,
+            "repeats": repeats,
+            "number": number,
+            "warmup": warmup,
+            "variants": list(VARIANTS),
+            "targets": TARGETS,
+        },
+        "results": results,
+    }
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
