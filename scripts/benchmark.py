@@ -2,7 +2,8 @@
 
 One generator iteration is what ``sngan.train.train`` runs per iteration: ``n_dis`` D steps
 (``d_step``: a real batch from ``BatchStream``, as many fakes, one D forward of both), one
-G step (``g_step`` on ``g_batch_size`` fresh z), the EMA of G and the schedulers. The
+G step (``g_step`` on ``g_batch_size`` fresh z), each behind train()'s NaN/inf guard, the
+EMA of G and the schedulers. The
 networks, optimisers, autocast, ``torch.compile`` and memory format are set up as ``train()``
 sets them up, from the real config presets (``experiment=sngan_resnet``: n_dis 5, D batch
 64 real + 64 fake, G batch 128; ``experiment=sngan_dcgan``, the paper's setting C: n_dis 1,
@@ -56,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sngan.config import TrainConfig, validate
 from sngan.data import BatchStream, load_images
 from sngan.losses import get_loss
-from sngan.train import build_networks, d_step, g_step, sample_z, update_ema
+from sngan.train import _UpdateGuard, build_networks, d_step, g_step, sample_z, update_ema
 
 # Model name -> the config preset holding its official hyperparameters.
 PRESETS = {"resnet": "sngan_resnet", "dcgan": "sngan_dcgan"}
@@ -106,28 +107,6 @@ def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
     return lambda it: 1.0
 
 
-def finite_check(D: nn.Module) -> Callable[[torch.Tensor], bool]:
-    """The check train() passes to d_step/g_step: one host sync on the loss and D's sigmas.
-
-    train() builds it as a closure over its own state, so it is mirrored here (for finite
-    values it does the same work).
-    """
-    sigma_buffers = [
-        getattr(mod, name + "_sigma")
-        for mod in D.modules()
-        if hasattr(mod, "_sn")
-        for name in mod._sn
-    ]
-
-    def check(loss: torch.Tensor) -> bool:
-        values = torch.cat(
-            [loss.detach().reshape(1).float(), *(s.reshape(1) for s in sigma_buffers)]
-        )
-        return bool(torch.isfinite(values).all())
-
-    return check
-
-
 class OursIteration:
     """sngan.train's generator iteration, with everything built as train() builds it."""
 
@@ -162,8 +141,14 @@ class OursIteration:
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if fast.amp else nullcontext()
         )
-        self.check = finite_check(self.D)
+        # train()'s NaN/inf guard: a copy of G's and D's buffers before each update, then one
+        # host sync on the loss, the gradient norm and D's sigmas (for finite values, the
+        # check closure train() builds around it does nothing more).
+        self.guard = _UpdateGuard(self.G, self.D)
         self.images_per_iteration = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
+
+    def _check(self, loss_name: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
+        return lambda loss: not self.guard.bad_values(loss_name, loss, net)
 
     def __call__(self, eager: bool = False) -> None:
         m, o = self.cfg.model, self.cfg.optim
@@ -174,12 +159,14 @@ class OursIteration:
         for _ in range(o.n_dis):
             real, real_y = self.stream.next(o.d_batch_size)
             z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, self.z_gen, self.device)
-            d_step(
-                G, D, self.opt_d, self.d_loss, real, real_y, z, fake_y, self.autocast, self.check
-            )
+            self.guard.before_forward()
+            check = self._check("loss/d", self.D)
+            d_step(G, D, self.opt_d, self.d_loss, real, real_y, z, fake_y, self.autocast, check)
         # G step on g_batch_size fresh z, then the EMA (past ema_start) and the schedules.
         z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, self.z_gen, self.device)
-        g_step(G, D, self.opt_g, self.g_loss, z, fake_y, self.autocast, self.check)
+        self.guard.before_forward()
+        check = self._check("loss/g", self.G)
+        g_step(G, D, self.opt_g, self.g_loss, z, fake_y, self.autocast, check)
         update_ema(self.G_ema, self.G, o.ema_decay)
         self.sched_g.step()
         self.sched_d.step()
