@@ -3,11 +3,11 @@
 One generator iteration is what ``sngan.train.train`` runs per iteration: ``n_dis`` D steps
 (``d_step``: a real batch from ``BatchStream``, as many fakes, one D forward of both), one
 G step (``g_step`` on ``g_batch_size`` fresh z), each behind train()'s NaN/inf guard, the
-EMA of G and the schedulers. The
-networks, optimisers, autocast, ``torch.compile`` and memory format are set up as ``train()``
-sets them up, from the real config presets (``experiment=sngan_resnet``: n_dis 5, D batch
-64 real + 64 fake, G batch 128; ``experiment=sngan_dcgan``, the paper's setting C: n_dis 1,
-batch 64/64), on synthetic images (CIFAR-10's shape; the values do not change the timing).
+EMA of G and the schedulers. The networks, optimisers, autocast, ``torch.compile`` and
+memory format are set up as ``train()`` sets them up, from the real config presets
+(``experiment=sngan_resnet``: n_dis 5, D batch 64 real + 64 fake, G batch 128;
+``experiment=sngan_dcgan``, the paper's setting C: n_dis 1, batch 64/64), on synthetic
+images (CIFAR-10's shape; the values do not change the timing).
 
 The reference does the same iterations the way the PyTorch reproductions write them: the
 same networks with ``torch.nn.utils.parametrizations.spectral_norm``, fp32, eager, plain
