@@ -88,6 +88,7 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; null: on for CUDA, off for CPU
     compile: bool | None = None  # torch.compile of G and D; null: on for CUDA, off for CPU
     channels_last: bool | None = None  # channels_last memory format; null: on for CUDA
+    sync_bn: bool = False  # torchrun on CUDA: G's BatchNorm statistics over all ranks, not per rank
     log_every: int = 100  # iterations between scalar logs (losses, sigmas, lr, throughput)
     log_exact_every: int = 1000  # iterations between exact (SVD) sigmas of D's weights
     sample_every: int = 1000  # iterations between sample grids of G_ema and G

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from sngan import checkpoint
+from sngan import checkpoint, distributed
 from sngan.config import ConfigError, TrainConfig, to_dict, validate
 from sngan.data import BatchStream, load_images
 from sngan.losses import get_loss
@@ -355,7 +356,9 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     """Train as ``cfg`` says, writing everything under ``run_dir``; return the last logs."""
     validate(cfg)
     run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    # Under torchrun every rank runs this function on its share of each batch.
+    ctx, device = distributed.setup(resolve_device(cfg.device))
+    run_dir = distributed.main_run_dir(ctx, run_dir)
     on_cuda = device.type == "cuda"
     use_amp = on_cuda if cfg.amp is None else cfg.amp
     use_compile = on_cuda if cfg.compile is None else cfg.compile
@@ -387,6 +390,10 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
         )
     except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
         raise ConfigError(str(e)) from e
+    ctx.split(o.d_batch_size, "optim.d_batch_size")  # each rank takes an equal share
+    ctx.split(o.g_batch_size, "optim.g_batch_size")
+    if cfg.sync_bn and ctx.enabled and not on_cuda:
+        raise ConfigError("sync_bn=true is not valid here: SyncBatchNorm needs CUDA devices")
     if o.d_batch_size > len(images):
         raise ConfigError(
             f"optim.d_batch_size={o.d_batch_size} is not valid: the data has only "
@@ -398,6 +405,8 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     G, D = build_networks(cfg)
     G.to(device, memory_format=memory_format)
     D.to(device, memory_format=memory_format)
+    if cfg.sync_bn and ctx.enabled:
+        distributed.convert_sync_batchnorm(G)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     fused = {"fused": True} if on_cuda else {}
     opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=o.betas, **fused)
@@ -458,9 +467,19 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             "skipped": skipped,
         }
 
-    # Compiled modules share parameters with G and D; checkpoints use the plain modules.
-    G_run = torch.compile(G) if use_compile else G
-    D_run = torch.compile(D) if use_compile else D
+    # The updated network runs under DDP (gradients averaged over ranks; its buffers, D's u
+    # and v among them, broadcast from rank 0 at each forward); the other one runs as the
+    # plain module. Compiled modules share parameters with G and D; checkpoints use the plain
+    # modules.
+    def wrap(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+        plain = torch.compile(net) if use_compile else net
+        if not ctx.enabled:
+            return plain, plain
+        ddp = DistributedDataParallel(net, device_ids=[device] if on_cuda else None)
+        return plain, (torch.compile(ddp) if use_compile else ddp)
+
+    G_run, G_train = wrap(G)
+    D_run, D_train = wrap(D)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
     guard = _UpdateGuard(G, D)
 
@@ -477,12 +496,13 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             values = ", ".join(f"{k}={v}" for k, v in bad.items())
             if cfg.nan_policy == "skip":
                 skipped += 1
-                tqdm.write(f"sngan-train: skipped the update of {where}: {values}", sys.stderr)
+                if ctx.is_main:
+                    tqdm.write(f"sngan-train: skipped the update of {where}: {values}", sys.stderr)
                 return False
             # The networks and optimisers as they were just before this update.
-            path = checkpoint.save(
-                snapshot(iteration), checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST_GOOD
-            )
+            path = checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST_GOOD
+            if ctx.is_main:
+                checkpoint.save(snapshot(iteration), path)
             hint = resume_hint(run_dir, "nan_policy=skip")
             raise NonFiniteError(
                 f"non-finite value in {where}: {values}; the state before this update is saved "
@@ -494,14 +514,19 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     # Logging.
     # Events logged after the checkpoint we resume from (steps > start) are purged, and so are
     # those of an earlier attempt in this directory that was killed before its first checkpoint.
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1)
+    # Only rank 0 writes logs, samples, metrics and checkpoints.
+    writer = SummaryWriter(str(run_dir / "tb"), purge_step=start + 1) if ctx.is_main else None
     (run_dir / "samples").mkdir(parents=True, exist_ok=True)
     imgs_per_it = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
     last: dict[str, float] = {}
     t_start = t_log = time.perf_counter()
     it_log = start
     bar = tqdm(
-        total=cfg.iterations, initial=start, disable=not cfg.progress, unit="it", dynamic_ncols=True
+        total=cfg.iterations,
+        initial=start,
+        disable=not (cfg.progress and ctx.is_main),
+        unit="it",
+        dynamic_ncols=True,
     )
 
     with _StopRequest() as stop:
@@ -510,21 +535,25 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             G.train()
             D.train()
 
-            # D steps: n_dis of them, each on a fresh real batch and fresh z.
+            # D steps: n_dis of them, each on a fresh real batch and fresh z. Every rank draws
+            # the same global batch and keeps its own slice (so the run does not depend on
+            # the number of ranks' random streams, and rank 0's checkpoint resumes them all).
             for j in range(o.n_dis):
-                real, real_y = stream.next(o.d_batch_size)
+                real, real_y = map(ctx.shard, stream.next(o.d_batch_size))
                 z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, z_gen, device)
+                z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
                 guard.before_forward()
                 check = check_factory(it, f"D step {j + 1} of {o.n_dis}", D)
                 stats = d_step(
-                    G_run, D_run, opt_d, d_loss, real, real_y, z, fake_y, autocast, check
+                    G_run, D_train, opt_d, d_loss, real, real_y, z, fake_y, autocast, check
                 )
 
             # G step: g_batch_size fresh z (128 in the official ResNet config, twice D's).
             z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, z_gen, device)
+            z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
             guard.before_forward()
             check = check_factory(it, "G step", G)
-            stats.update(g_step(G_run, D_run, opt_g, g_loss, z, fake_y, autocast, check))
+            stats.update(g_step(G_train, D_run, opt_g, g_loss, z, fake_y, autocast, check))
 
             # EMA of G: a plain copy until ema_start, then an exponential average.
             update_ema(G_ema, G, 0.0 if done <= o.ema_start else o.ema_decay)
@@ -534,7 +563,11 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             sched_d.step()
             bar.update(1)
 
-            # Maintenance, each gated on the iteration count.
+            # Maintenance (rank 0 only), each gated on the iteration count.
+            if not ctx.is_main:
+                if stop.signal is not None and done < cfg.iterations:
+                    raise Interrupted(f"rank {ctx.rank} stopped at iteration {done}", stop.signal)
+                continue
             if done % cfg.log_every == 0 or done == cfg.iterations:
                 stats["grad_norm/d"] = grad_norm(D)
                 stats["grad_norm/g"] = grad_norm(G)
@@ -612,6 +645,19 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 )
 
     bar.close()
+    mismatched = distributed.replica_mismatches(
+        ctx, G, D, G_ema, skip=() if cfg.sync_bn else distributed.BATCHNORM_STATISTICS
+    )
+    if mismatched:
+        raise RuntimeError(f"ranks diverged: {', '.join(mismatched[:10])} differ from rank 0")
+    distributed.teardown(ctx)
+    if not ctx.is_main:
+        return last
+    if ctx.enabled:
+        print(
+            f"sngan: G, D and G_ema (u and v included) are identical on {ctx.world_size} ranks"
+            + ("" if cfg.sync_bn else "; G's BatchNorm statistics are rank 0's")
+        )
     elapsed = time.perf_counter() - t_start
     final = {k: v for k, v in last.items() if k.startswith(("loss/", "metrics/"))}
     writer.add_hparams(

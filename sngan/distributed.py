@@ -1,0 +1,131 @@
+"""Multi-process training under torchrun: process group, batch split, rank-0-only output.
+
+``torchrun --nproc_per_node=N -m sngan.cli ...`` sets WORLD_SIZE, RANK and LOCAL_RANK; a
+plain ``sngan-train`` runs as a single process and everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's consecutive slice of a global batch (every rank draws the same batch)."""
+        return t.chunk(self.world_size)[self.rank] if self.enabled else t
+
+    def split(self, batch_size: int, key: str) -> int:
+        """The per-rank share of a global batch; it must divide evenly."""
+        if batch_size % self.world_size:
+            from sngan.config import ConfigError
+
+            raise ConfigError(
+                f"{key}={batch_size} is not valid: with {self.world_size} processes it must "
+                f"be a multiple of {self.world_size}"
+            )
+        return batch_size // self.world_size
+
+
+def setup(device: torch.device) -> tuple[Context, torch.device]:
+    """Join torchrun's process group if there is one; return the context and this rank's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Context(), device
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world_size, local_rank), device
+
+
+def main_run_dir(ctx: Context, run_dir: Path) -> Path:
+    """Rank 0's run directory on every rank (Hydra names one per process, from the clock)."""
+    if not ctx.enabled:
+        return run_dir
+    shared = [str(run_dir)]
+    dist.broadcast_object_list(shared, src=0)
+    main = Path(shared[0])
+    if main != run_dir and not (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)  # only Hydra's files of this rank's start
+    return main
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class _SyncBatchNorm(nn.SyncBatchNorm):
+    """SyncBatchNorm that accepts and ignores labels, like sngan's BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d in ``module`` (in place) by a SyncBatchNorm with its state.
+
+    torch's own converter would drop the label argument of sngan's generator norms.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, nn.SyncBatchNorm):
+            sync = _SyncBatchNorm(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync.to(next(child.buffers()).device))
+        else:
+            convert_sync_batchnorm(child)
+    return module
+
+
+BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@torch.no_grad()
+def replica_mismatches(ctx: Context, *modules: nn.Module, skip: tuple[str, ...] = ()) -> list[str]:
+    """Names of the tensors (parameters and buffers, u and v included) that differ from rank 0.
+
+    ``skip``: name endings not compared (G's BatchNorm statistics are per rank without
+    SyncBatchNorm; checkpoints keep rank 0's).
+    """
+    if not ctx.enabled:
+        return []
+    bad = []
+    for i, module in enumerate(modules):
+        for name, tensor in module.state_dict().items():
+            if name.endswith(skip):
+                continue
+            reference = tensor.detach().clone()
+            dist.broadcast(reference, src=0)
+            if not torch.equal(reference, tensor):
+                bad.append(f"{i}:{name}")
+    flags = torch.tensor([len(bad)], device=next(iter(modules[0].state_dict().values())).device)
+    dist.all_reduce(flags)
+    return bad if bad or flags.item() == 0 else ["(on another rank)"]
