@@ -143,7 +143,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         e.eval_every >= 0, "metrics.eval_every", e.eval_every, "must be >= 0 (0: only at the end)"
     )
     if e.num_samples is not None:
-        _check(e.num_samples >= 2, "metrics.num_samples", e.num_samples, "must be >= 2 or null")
+        # IS is a mean over 10 splits of the generated images.
+        _check(e.num_samples >= 10, "metrics.num_samples", e.num_samples, "must be >= 10 or null")
     for key, lr in (("optim.g_lr", o.g_lr), ("optim.d_lr", o.d_lr)):
         _check(math.isfinite(lr) and lr > 0, key, lr, "must be a finite number > 0")
     _check(

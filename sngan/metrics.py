@@ -356,9 +356,6 @@ def inception_weights_file(path: str | os.PathLike | None = None) -> Path:
     return hub_file
 
 
-# sngan.train calls this name; inception_weights_file is the public one.
-_inception_weights_file = inception_weights_file
-
 
 def _slug(name: str) -> str:
     """``name`` made safe for a file name; the hash keeps distinct names (e.g. paths) apart."""
