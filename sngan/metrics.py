@@ -356,7 +356,6 @@ def inception_weights_file(path: str | os.PathLike | None = None) -> Path:
     return hub_file
 
 
-
 def _slug(name: str) -> str:
     """``name`` made safe for a file name; the hash keeps distinct names (e.g. paths) apart."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "reference"
