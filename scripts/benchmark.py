@@ -307,7 +307,7 @@ def profile(name: str, iteration: Callable[[], None], device: torch.device, rows
     with torch_profile(activities=activities) as prof:
         iteration()
         synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=rows)
     return f"--- profile: {name}, one generator iteration ---\n{table}"
 
