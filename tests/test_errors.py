@@ -29,7 +29,7 @@ from sngan.train import train
 BIN = Path(sys.executable).parent
 SECTIONS = "model, loss, data, optim, metrics"
 TOP_KEYS = (
-    "iterations, seed, device, amp, compile, channels_last, log_every, log_exact_every, "
+    "iterations, seed, device, amp, compile, channels_last, sync_bn, log_every, log_exact_every, "
     "sample_every, checkpoint_every, keep_checkpoints, nan_policy, progress, resume"
 )
 OPTIM_KEYS = "n_dis, g_lr, d_lr, betas, d_batch_size, g_batch_size, lr_decay, ema_decay, ema_start"
