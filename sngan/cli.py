@@ -357,7 +357,7 @@ class EvalArgs:
 def eval_main(argv: list[str] | None = None) -> None:
     """sngan-eval checkpoint=<file> [metrics.protocol=paper] [metrics.num_samples=N]."""
     from sngan.data import load_images
-    from sngan.metrics import evaluate, inception_weights_file
+    from sngan.metrics import evaluate_with, inception_weights_file
     from sngan.train import reference_name, resolve_device
 
     args: EvalArgs = _parse("sngan-eval", EvalArgs, sys.argv[1:] if argv is None else argv)
@@ -380,17 +380,11 @@ def eval_main(argv: list[str] | None = None) -> None:
             num_images=d.num_images,
             seed=cfg.seed,
         )
-        e = args.metrics
-        result = evaluate(
+        result = evaluate_with(
             G,
             reference,
+            args.metrics,
             reference_name=reference_name(cfg),
-            protocol=e.protocol,
-            num_samples=e.num_samples,
-            batch_size=e.batch_size,
-            kid=e.kid,
-            inception_weights=e.inception_weights,
-            cache_dir=e.cache_dir,
             device=device,
             seed=args.seed,
         )

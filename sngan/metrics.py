@@ -78,6 +78,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.generative_model_base import GenerativeModelBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
+from sngan.config import MetricsConfig
+
 PROTOCOLS = ("standard", "paper")
 
 INCEPTION_URL = URL_INCEPTION_V3
@@ -380,3 +382,28 @@ def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(functools.partial(f.read, 1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:8]
+
+
+def evaluate_with(
+    G: torch.nn.Module,
+    reference: torch.Tensor,
+    settings: MetricsConfig,
+    *,
+    reference_name: str,
+    device: torch.device | str | None,
+    seed: int,
+) -> dict[str, float]:
+    """``evaluate`` with the settings of a ``metrics`` config section (training and sngan-eval)."""
+    return evaluate(
+        G,
+        reference,
+        reference_name=reference_name,
+        protocol=settings.protocol,
+        num_samples=settings.num_samples,
+        batch_size=settings.batch_size,
+        kid=settings.kid,
+        inception_weights=settings.inception_weights,
+        cache_dir=settings.cache_dir,
+        device=device,
+        seed=seed,
+    )

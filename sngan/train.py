@@ -342,14 +342,14 @@ def _resume_checkpoint(
 
 
 def _metrics_evaluate(cfg: TrainConfig) -> Callable[..., dict[str, float]]:
-    """sngan.metrics.evaluate, once its Inception weights are known to be there (or fetched)."""
+    """sngan.metrics.evaluate_with, once the Inception weights are there (or fetched)."""
     from sngan import metrics  # torch-fidelity is imported only when used
 
     try:
         metrics.inception_weights_file(cfg.metrics.inception_weights)
     except (OSError, RuntimeError) as e:  # missing file; offline without a cached copy
         raise ConfigError(str(e)) from e
-    return metrics.evaluate
+    return metrics.evaluate_with
 
 
 def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
@@ -607,13 +607,8 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 result = evaluate(
                     G_ema,
                     images,
+                    cfg.metrics,
                     reference_name=reference_name(cfg),
-                    protocol=e.protocol,
-                    num_samples=e.num_samples,
-                    batch_size=e.batch_size,
-                    kid=e.kid,
-                    inception_weights=e.inception_weights,
-                    cache_dir=e.cache_dir,
                     device=device,
                     seed=cfg.seed,
                 )
