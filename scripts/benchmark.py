@@ -1,13 +1,14 @@
 """Time sngan's generator iterations against a plain PyTorch reference, side by side.
 
-One generator iteration is what ``sngan.train.train`` runs per iteration: ``n_dis`` D steps
-(``d_step``: a real batch from ``BatchStream``, as many fakes, one D forward of both), one
-G step (``g_step`` on ``g_batch_size`` fresh z), each behind train()'s NaN/inf guard, the
-EMA of G and the schedulers. The networks, optimisers, autocast, ``torch.compile`` and
-memory format are set up as ``train()`` sets them up, from the real config presets
+One generator iteration is what ``sngan.train.train`` runs per iteration, by the same code:
+``build_step`` sets up the networks, optimisers, schedules, ``BatchStream``, autocast,
+``torch.compile`` and memory format from the real config presets
 (``experiment=sngan_resnet``: n_dis 5, D batch 64 real + 64 fake, G batch 128;
-``experiment=sngan_dcgan``, the paper's setting C: n_dis 1, batch 64/64), on synthetic
-images (CIFAR-10's shape; the values do not change the timing).
+``experiment=sngan_dcgan``, the paper's setting C: n_dis 1, batch 64/64), and
+``generator_iteration`` runs the ``n_dis`` D steps, the G step (each behind train()'s NaN/inf
+check), the EMA of G and the schedules, on synthetic images (CIFAR-10's shape; the values do
+not change the timing). The fast-path flags (``--amp``, ``--channels-last``, ...) are the
+config keys of the same name; unset, each takes train()'s default on the device.
 
 The reference does the same iterations the way the PyTorch reproductions write them: the
 same networks with ``torch.nn.utils.parametrizations.spectral_norm``, fp32, eager, plain
@@ -35,8 +36,8 @@ import gc
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext, suppress
-from dataclasses import asdict, dataclass
+from contextlib import suppress
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from sngan.config import TrainConfig, validate
-from sngan.data import BatchStream, load_images
+from sngan.data import load_images
 from sngan.losses import get_loss
-from sngan.train import _UpdateGuard, build_networks, d_step, g_step, sample_z, update_ema
+from sngan.train import FastPaths, build_networks, build_step, generator_iteration
 
 # Model name -> the config preset holding its official hyperparameters.
 PRESETS = {"resnet": "sngan_resnet", "dcgan": "sngan_dcgan"}
@@ -71,20 +72,6 @@ QUICK_OVERRIDES = [
     "optim.d_batch_size=4",
     "optim.g_batch_size=8",
 ]
-
-
-@dataclass
-class FastPaths:
-    """The CUDA fast paths of train(); None resolves to train()'s default on the device."""
-
-    amp: bool | None = None  # bf16 autocast (train: cfg.amp)
-    compile: bool | None = None  # torch.compile of G and D (train: cfg.compile)
-    channels_last: bool | None = None  # channels_last networks and batches (cfg.channels_last)
-    fused_adam: bool | None = None  # Adam(fused=True) (train: on CUDA)
-
-    def resolved(self, device: torch.device) -> FastPaths:
-        on_cuda = device.type == "cuda"
-        return FastPaths(**{k: on_cuda if v is None else v for k, v in asdict(self).items()})
 
 
 def compose_config(model: str, overrides: Sequence[str]) -> TrainConfig:
@@ -101,75 +88,25 @@ def compose_config(model: str, overrides: Sequence[str]) -> TrainConfig:
     return validate(cfg)
 
 
-def lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
-    if cfg.optim.lr_decay == "linear":
-        return lambda it: max(0.0, 1.0 - it / cfg.iterations)
-    return lambda it: 1.0
-
-
 class OursIteration:
-    """sngan.train's generator iteration, with everything built as train() builds it."""
+    """sngan.train's generator iteration: ``build_step`` and ``generator_iteration``, the code
+    ``train()`` runs, with its NaN/inf check (for finite values the check does nothing more)."""
 
     def __init__(
-        self,
-        cfg: TrainConfig,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        device: torch.device,
-        fast: FastPaths,
+        self, cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, device: torch.device
     ) -> None:
         o = cfg.optim
-        self.cfg, self.device = cfg, device
-        torch.manual_seed(cfg.seed)
-        memory_format = torch.channels_last if fast.channels_last else torch.preserve_format
-        self.stream = BatchStream(
-            images, labels, device=device, seed=cfg.seed, channels_last=fast.channels_last
-        )
-        self.G, self.D = build_networks(cfg)
-        self.G.to(device, memory_format=memory_format)
-        self.D.to(device, memory_format=memory_format)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        fused = {"fused": True} if fast.fused_adam else {}
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.g_lr, betas=o.betas, **fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.d_lr, betas=o.betas, **fused)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_factor(cfg))
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_factor(cfg))
-        self.d_loss, self.g_loss = get_loss(cfg.loss.name)
-        self.z_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.G_run = torch.compile(self.G) if fast.compile else self.G
-        self.D_run = torch.compile(self.D) if fast.compile else self.D
-        self.autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16) if fast.amp else nullcontext()
-        )
-        # train()'s NaN/inf guard: a copy of G's and D's buffers before each update, then one
-        # host sync on the loss, the gradient norm and D's sigmas (for finite values, the
-        # check closure train() builds around it does nothing more).
-        self.guard = _UpdateGuard(self.G, self.D)
+        self.step = build_step(cfg, images, labels, device)
+        self.iteration = 0
         self.images_per_iteration = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
 
-    def _check(self, loss_name: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
-        return lambda loss: not self.guard.bad_values(loss_name, loss, net)
+    def _check(self, it: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
+        loss_name = "loss/d" if net is self.step.D else "loss/g"
+        return lambda loss: not self.step.guard.bad_values(loss_name, loss, net)
 
     def __call__(self, eager: bool = False) -> None:
-        m, o = self.cfg.model, self.cfg.optim
-        G, D = (self.G, self.D) if eager else (self.G_run, self.D_run)
-        self.G.train()
-        self.D.train()
-        # D steps: n_dis of them, each on a fresh real batch and fresh z.
-        for _ in range(o.n_dis):
-            real, real_y = self.stream.next(o.d_batch_size)
-            z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, self.z_gen, self.device)
-            self.guard.before_forward()
-            check = self._check("loss/d", self.D)
-            d_step(G, D, self.opt_d, self.d_loss, real, real_y, z, fake_y, self.autocast, check)
-        # G step on g_batch_size fresh z, then the EMA (past ema_start) and the schedules.
-        z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, self.z_gen, self.device)
-        self.guard.before_forward()
-        check = self._check("loss/g", self.G)
-        g_step(G, D, self.opt_g, self.g_loss, z, fake_y, self.autocast, check)
-        update_ema(self.G_ema, self.G, o.ema_decay)
-        self.sched_g.step()
-        self.sched_d.step()
+        generator_iteration(self.step, self.iteration, self._check, eager=eager)
+        self.iteration += 1
 
 
 def endless(loader: DataLoader) -> Iterator[Any]:
@@ -192,8 +129,10 @@ class ReferenceIteration:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.g_lr, betas=o.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.d_lr, betas=o.betas)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lr_factor(cfg))
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lr_factor(cfg))
+        decay = cfg.optim.lr_decay == "linear"
+        factor = (lambda it: max(0.0, 1.0 - it / cfg.iterations)) if decay else (lambda it: 1.0)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, factor)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, factor)
         self.d_loss, self.g_loss = get_loss(cfg.loss.name)
         dataset = TensorDataset(images.float() / 127.5 - 1, labels)  # (N, 3, H, W) in [-1, 1]
         loader = DataLoader(dataset, batch_size=o.d_batch_size, shuffle=True, drop_last=True)
@@ -316,7 +255,6 @@ def bench_model(
     model: str,
     *,
     device: torch.device,
-    fast: FastPaths,
     overrides: Sequence[str],
     warmup: int,
     iterations: int,
@@ -335,7 +273,7 @@ def bench_model(
         seed=cfg.seed,
     )
     variants: dict[str, Any] = {
-        "ours": OursIteration(cfg, images, labels, device, fast),
+        "ours": OursIteration(cfg, images, labels, device),
         "reference": ReferenceIteration(cfg, images, labels, device),
     }
     flops = {name: count_flops(it) for name, it in variants.items()}
@@ -368,6 +306,7 @@ def bench_model(
                 peaks[name].append(peak)
     speedup = summary(paired_ratios(times, "reference", "ours"))
     out: dict[str, Any] = {
+        "fast_paths": asdict(FastPaths.resolve(cfg, device)),
         "config": {
             "preset": f"experiment={PRESETS[model]}",
             "overrides": list(overrides),
@@ -408,8 +347,9 @@ def bench_model(
     return out
 
 
-def print_table(results: dict[str, Any], fast: FastPaths) -> None:
-    flags = ", ".join(f"{k}={'on' if v else 'off'}" for k, v in asdict(fast).items())
+def print_table(results: dict[str, Any]) -> None:
+    fast = next(iter(results.values()))["fast_paths"]
+    flags = ", ".join(f"{k}={'on' if v else 'off'}" for k, v in fast.items())
     print(f"\ngenerator iterations, median of interleaved rounds (ours: {flags})")
     head = f"{'model':<8}{'variant':<11}{'ms/it':>10}{'img/s':>9}{'GFLOP/it':>10}"
     print(head + f"{'TFLOP/s':>9}{'vs ref':>8}{'peak MiB':>10}")
@@ -472,12 +412,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("compile", "torch.compile of G and D"),
         ("channels-last", "channels_last networks and batches"),
         ("fused-adam", "Adam(fused=True)"),
+        ("joint-d-forward", "real and fake through D in one forward"),
     ):
         p.add_argument(
             f"--{flag}",
             action=argparse.BooleanOptionalAction,
             default=None,
-            help=f"{what} in our step (default: as train() does, on for CUDA only)",
+            help=f"{what} in our step (default: as train() does on the device)",
         )
     p.add_argument(
         "--profile",
@@ -499,7 +440,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     on_cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    fast = FastPaths(args.amp, args.compile, args.channels_last, args.fused_adam).resolved(device)
     if args.quick:
         warmup, iterations, repeats, num_images = 0, 1, 2, 64
     else:
@@ -507,11 +447,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         iterations = args.iterations or (20 if on_cuda else 1)
         repeats = args.repeats or (5 if on_cuda else 3)
         num_images = args.num_images
+    # Each fast-path flag is the config key of the same name, which train() reads.
+    switches = ("amp", "compile", "channels_last", "fused_adam", "joint_d_forward")
+    fast_overrides = [
+        f"{key}={str(getattr(args, key)).lower()}"
+        for key in switches
+        if getattr(args, key) is not None
+    ]
     overrides = [
         "data=synthetic",
         f"data.num_images={num_images}",
         f"device={device}",
         *(QUICK_OVERRIDES if args.quick else []),
+        *fast_overrides,
         *args.overrides,
     ]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -535,7 +483,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model: bench_model(
             model,
             device=device,
-            fast=fast,
             overrides=overrides,
             warmup=warmup,
             iterations=iterations,
@@ -544,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         for model in models
     }
-    print_table(results, fast)
+    print_table(results)
     info["load_average_at_end"] = load_average()
     out = {
         "benchmark": "generator_iteration",
@@ -554,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "iterations": iterations,
             "repeats": repeats,
             "quick": args.quick,
-            "fast_paths": asdict(fast),
+            "fast_paths": next(iter(results.values()))["fast_paths"],
             "overrides": overrides,
         },
         "results": results,

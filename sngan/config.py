@@ -20,6 +20,8 @@ DATA_SOURCES = ("cifar10", "folder", "synthetic")
 PROTOCOLS = ("standard", "paper")
 LR_DECAYS = ("linear", "none")
 NAN_POLICIES = ("stop", "skip")
+# torch.compile's modes; reduce-overhead adds CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -87,7 +89,11 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
     amp: bool | None = None  # bf16 autocast; null: on for CUDA, off for CPU
     compile: bool | None = None  # torch.compile of G and D; null: on for CUDA, off for CPU
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead: CUDA graphs too
     channels_last: bool | None = None  # channels_last memory format; null: on for CUDA
+    fused_adam: bool | None = None  # Adam(fused=True); null: on for CUDA, off for CPU
+    joint_d_forward: bool | None = None  # real+fake in one D forward; null: on for CUDA only
+    threads: int | None = None  # CPU threads for torch ops (torch.set_num_threads); null: default
     sync_bn: bool = False  # torchrun on CUDA: G's BatchNorm statistics over all ranks, not per rank
     log_every: int = 100  # iterations between scalar logs (losses, sigmas, lr, throughput)
     log_exact_every: int = 1000  # iterations between exact (SVD) sigmas of D's weights
@@ -117,6 +123,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("optim.lr_decay", o.lr_decay, LR_DECAYS)
     _choice("metrics.protocol", e.protocol, PROTOCOLS)
     _choice("nan_policy", cfg.nan_policy, NAN_POLICIES)
+    _choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
     for key, value in (
         ("model.z_dim", m.z_dim),
         ("model.g_channels", m.g_channels),
@@ -138,6 +145,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check(value >= 1, key, value, "must be an integer >= 1")
     _check(
         m.num_classes >= 0, "model.num_classes", m.num_classes, "must be >= 0 (0: unconditional)"
+    )
+    _check(
+        cfg.threads is None or cfg.threads >= 1,
+        "threads",
+        cfg.threads,
+        "must be an integer >= 1, or null for torch's default",
     )
     _check(
         e.eval_every >= 0, "metrics.eval_every", e.eval_every, "must be >= 0 (0: only at the end)"

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from sngan.config import ConfigError, TrainConfig, to_dict, validate
 from sngan.data import BatchStream, load_images
 from sngan.losses import get_loss
 from sngan.models import build_models
-from sngan.spectral_norm import exact_sigmas, sigmas
+from sngan.spectral_norm import exact_sigmas, no_power_iteration, sigmas
 
 
 class NonFiniteError(RuntimeError):
@@ -144,17 +145,27 @@ def d_step(
     fake_y: torch.Tensor | None,
     autocast: Any,
     check: Callable[[torch.Tensor], bool],
+    joint: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """One D update on a real batch and as many generated images; returns device tensors."""
+    """One D update on a real batch and as many generated images; returns device tensors.
+
+    ``joint``: real and fake go through D in one forward of 2B images, which is faster on a
+    GPU; otherwise in two forwards of B, which is faster on a CPU (smaller activations stay in
+    its caches). D has no batch statistics and u, v advance once per step either way, so the
+    two compute the same update.
+    """
+    real_y = real_y if fake_y is not None else None  # labels only for conditional models
     with autocast:
         with torch.no_grad():
-            fake = G(z, fake_y)  # (B, 3, H, W)
-        # Real and fake go through D in one forward: D has no batch statistics, so this
-        # equals two forwards, runs one larger batch and advances u, v once per step.
-        x = torch.cat([real, fake.to(real.dtype)])
-        y = torch.cat([real_y, fake_y]) if fake_y is not None else None
-        logits = D(x, y).float()  # (2B,)
-    real_logits, fake_logits = logits.chunk(2)
+            fake = G(z, fake_y).to(real.dtype)  # (B, 3, H, W)
+        if joint:
+            y = torch.cat([real_y, fake_y]) if fake_y is not None else None
+            logits = D(torch.cat([real, fake]), y).float()  # (2B,)
+            real_logits, fake_logits = logits.chunk(2)
+        else:
+            real_logits = D(real, real_y).float()  # (B,)
+            with no_power_iteration(D):
+                fake_logits = D(fake, fake_y).float()
     loss = d_loss(real_logits, fake_logits)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
@@ -197,6 +208,185 @@ def update_ema(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
     else:
         torch._foreach_lerp_(ema_p, p, 1.0 - decay)
     torch._foreach_copy_(list(G_ema.buffers()), list(G.buffers()))
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """The speed switches of the training step, as resolved for one device."""
+
+    amp: bool  # bf16 autocast
+    compile: bool  # torch.compile of G and D
+    channels_last: bool  # networks and batches in channels_last memory format
+    fused_adam: bool  # Adam(fused=True)
+    joint_d_forward: bool  # real and fake through D in one forward (see d_step)
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig, device: torch.device) -> FastPaths:
+        """The config's switches; null means on for CUDA and off for the CPU."""
+        on_cuda = device.type == "cuda"
+        names = cls.__dataclass_fields__
+        return cls(**{k: on_cuda if getattr(cfg, k) is None else getattr(cfg, k) for k in names})
+
+
+@dataclass
+class Step:
+    """What one generator iteration reads and updates, built by ``build_step``.
+
+    ``G_run``/``D_run`` are the networks as run without an update (compiled when asked), and
+    ``G_train``/``D_train`` as run for their own update (also wrapped in DDP under torchrun);
+    all share their parameters with ``G`` and ``D``, which checkpoints save.
+    """
+
+    cfg: TrainConfig
+    device: torch.device
+    ctx: distributed.Context
+    fast: FastPaths
+    stream: BatchStream
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: torch.optim.lr_scheduler.LambdaLR
+    sched_d: torch.optim.lr_scheduler.LambdaLR
+    d_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    g_loss: Callable[[torch.Tensor], torch.Tensor]
+    z_gen: torch.Generator
+    G_run: nn.Module
+    G_train: nn.Module
+    D_run: nn.Module
+    D_train: nn.Module
+    autocast: Any
+    guard: _UpdateGuard
+
+
+def build_step(
+    cfg: TrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    ctx: distributed.Context | None = None,
+) -> Step:
+    """Networks, optimisers, schedules, data stream and fast paths, as ``cfg`` says."""
+    ctx = ctx or distributed.Context()
+    fast = FastPaths.resolve(cfg, device)
+    o = cfg.optim
+    memory_format = torch.channels_last if fast.channels_last else torch.preserve_format
+    stream = BatchStream(
+        images, labels, device=device, seed=cfg.seed, channels_last=fast.channels_last
+    )
+    torch.manual_seed(cfg.seed)  # the networks' initial weights
+    G, D = build_networks(cfg)
+    G.to(device, memory_format=memory_format)
+    D.to(device, memory_format=memory_format)
+    if cfg.sync_bn and ctx.enabled:
+        distributed.convert_sync_batchnorm(G)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    fused = {"fused": True} if fast.fused_adam else {}
+    opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=o.betas, **fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=o.betas, **fused)
+
+    def lr_factor(it: int) -> float:
+        return max(0.0, 1.0 - it / cfg.iterations) if o.lr_decay == "linear" else 1.0
+
+    # The updated network runs under DDP (gradients averaged over ranks; its buffers, D's u
+    # and v among them, broadcast from rank 0 at each forward); the other one runs as the
+    # plain module.
+    def wrap(net: nn.Module) -> tuple[nn.Module, nn.Module]:
+        def compiled(module: nn.Module) -> nn.Module:
+            return torch.compile(module, mode=cfg.compile_mode) if fast.compile else module
+
+        if not ctx.enabled:
+            plain = compiled(net)
+            return plain, plain
+        ddp = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+        return compiled(net), compiled(ddp)
+
+    G_run, G_train = wrap(G)
+    D_run, D_train = wrap(D)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast.amp else nullcontext()
+    return Step(
+        cfg=cfg,
+        device=device,
+        ctx=ctx,
+        fast=fast,
+        stream=stream,
+        G=G,
+        D=D,
+        G_ema=G_ema,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        sched_g=torch.optim.lr_scheduler.LambdaLR(opt_g, lr_factor),
+        sched_d=torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor),
+        d_loss=get_loss(cfg.loss.name)[0],
+        g_loss=get_loss(cfg.loss.name)[1],
+        z_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1),
+        G_run=G_run,
+        G_train=G_train,
+        D_run=D_run,
+        D_train=D_train,
+        autocast=autocast,
+        guard=_UpdateGuard(G, D),
+    )
+
+
+CheckFactory = Callable[[int, str, nn.Module], Callable[[torch.Tensor], bool]]
+
+
+def generator_iteration(
+    s: Step, it: int, check_factory: CheckFactory, eager: bool = False
+) -> dict[str, torch.Tensor]:
+    """Iteration ``it`` (0-based): n_dis D steps, one G step, the EMA, the schedules.
+
+    ``check_factory(it, step_name, net)`` gives the check run between each backward and its
+    optimiser step (train()'s NaN/inf policy). ``eager``: run the plain G and D, neither
+    compiled nor under DDP (for counting FLOPs). Returns the last step's stats as device
+    tensors.
+    """
+    m, o, ctx = s.cfg.model, s.cfg.optim, s.ctx
+    G_run, G_train, D_run, D_train = (
+        (s.G, s.G, s.D, s.D) if eager else (s.G_run, s.G_train, s.D_run, s.D_train)
+    )
+    s.G.train()
+    s.D.train()
+
+    # D steps: n_dis of them, each on a fresh real batch and fresh z. Every rank draws the same
+    # global batch and keeps its own slice (so the run does not depend on the number of ranks'
+    # random streams, and rank 0's checkpoint resumes them all).
+    for j in range(o.n_dis):
+        real, real_y = map(ctx.shard, s.stream.next(o.d_batch_size))
+        z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, s.z_gen, s.device)
+        z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
+        s.guard.before_forward()
+        check = check_factory(it, f"D step {j + 1} of {o.n_dis}", s.D)
+        stats = d_step(
+            G_run,
+            D_train,
+            s.opt_d,
+            s.d_loss,
+            real,
+            real_y,
+            z,
+            fake_y,
+            s.autocast,
+            check,
+            joint=s.fast.joint_d_forward,
+        )
+
+    # G step: g_batch_size fresh z (128 in the official ResNet config, twice D's).
+    z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, s.z_gen, s.device)
+    z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
+    s.guard.before_forward()
+    check = check_factory(it, "G step", s.G)
+    stats.update(g_step(G_train, D_run, s.opt_g, s.g_loss, z, fake_y, s.autocast, check))
+
+    # EMA of G: a plain copy until ema_start, then an exponential average.
+    update_ema(s.G_ema, s.G, 0.0 if it + 1 <= o.ema_start else o.ema_decay)
+
+    # Schedules: linear decay to 0 at the last iteration.
+    s.sched_g.step()
+    s.sched_d.step()
+    return stats
 
 
 def reference_name(cfg: TrainConfig) -> str:
@@ -360,12 +550,10 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     ctx, device = distributed.setup(resolve_device(cfg.device))
     run_dir = distributed.main_run_dir(ctx, run_dir)
     on_cuda = device.type == "cuda"
-    use_amp = on_cuda if cfg.amp is None else cfg.amp
-    use_compile = on_cuda if cfg.compile is None else cfg.compile
-    channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
     o, m = cfg.optim, cfg.model
     torch.manual_seed(cfg.seed)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     if on_cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -399,26 +587,10 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             f"optim.d_batch_size={o.d_batch_size} is not valid: the data has only "
             f"{len(images)} images"
         )
-    stream = BatchStream(images, labels, device=device, seed=cfg.seed, channels_last=channels_last)
 
-    # Networks, optimisers, schedules.
-    G, D = build_networks(cfg)
-    G.to(device, memory_format=memory_format)
-    D.to(device, memory_format=memory_format)
-    if cfg.sync_bn and ctx.enabled:
-        distributed.convert_sync_batchnorm(G)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    fused = {"fused": True} if on_cuda else {}
-    opt_g = torch.optim.Adam(G.parameters(), lr=o.g_lr, betas=o.betas, **fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=o.betas, **fused)
-
-    def lr_factor(it: int) -> float:
-        return max(0.0, 1.0 - it / cfg.iterations) if o.lr_decay == "linear" else 1.0
-
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_factor)
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor)
-    d_loss, g_loss = get_loss(cfg.loss.name)
-    z_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    # Networks, optimisers, schedules, the batch stream, the fast paths.
+    step = build_step(cfg, images, labels, device, ctx)
+    G, D, G_ema, opt_g, opt_d = step.G, step.D, step.G_ema, step.opt_g, step.opt_d
     fixed_z, fixed_y = sample_z(
         64, m.z_dim, m.num_classes, torch.Generator(device=device).manual_seed(cfg.seed + 2), device
     )
@@ -433,10 +605,10 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 module.load_state_dict(state[key])
             opt_g.load_state_dict(state["opt_g"])
             opt_d.load_state_dict(state["opt_d"])
-            sched_g.load_state_dict(state["sched_g"])
-            sched_d.load_state_dict(state["sched_d"])
-            stream.load_state_dict(state["stream"])
-            z_gen.set_state(state["rng"]["z"].cpu())
+            step.sched_g.load_state_dict(state["sched_g"])
+            step.sched_d.load_state_dict(state["sched_d"])
+            step.stream.load_state_dict(state["stream"])
+            step.z_gen.set_state(state["rng"]["z"].cpu())
             torch.set_rng_state(state["rng"]["torch"].cpu())
         except (KeyError, RuntimeError, ValueError) as e:
             detail = " ".join(str(e).split())
@@ -459,40 +631,24 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             "G_ema": G_ema.state_dict(),
             "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(),
-            "sched_g": sched_g.state_dict(),
-            "sched_d": sched_d.state_dict(),
-            "stream": stream.state_dict(),
-            "rng": {"z": z_gen.get_state(), "torch": torch.get_rng_state()},
+            "sched_g": step.sched_g.state_dict(),
+            "sched_d": step.sched_d.state_dict(),
+            "stream": step.stream.state_dict(),
+            "rng": {"z": step.z_gen.get_state(), "torch": torch.get_rng_state()},
             "best_fid": best_fid,
             "skipped": skipped,
         }
 
-    # The updated network runs under DDP (gradients averaged over ranks; its buffers, D's u
-    # and v among them, broadcast from rank 0 at each forward); the other one runs as the
-    # plain module. Compiled modules share parameters with G and D; checkpoints use the plain
-    # modules.
-    def wrap(net: nn.Module) -> tuple[nn.Module, nn.Module]:
-        plain = torch.compile(net) if use_compile else net
-        if not ctx.enabled:
-            return plain, plain
-        ddp = DistributedDataParallel(net, device_ids=[device] if on_cuda else None)
-        return plain, (torch.compile(ddp) if use_compile else ddp)
-
-    G_run, G_train = wrap(G)
-    D_run, D_train = wrap(D)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_amp else nullcontext()
-    guard = _UpdateGuard(G, D)
-
-    def check_factory(iteration: int, step: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
+    def check_factory(iteration: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
         """The check d_step/g_step run between backward and the optimiser step (nan_policy)."""
         loss_name = "loss/d" if net is D else "loss/g"
 
         def check(loss: torch.Tensor) -> bool:
             nonlocal skipped
-            bad = guard.bad_values(loss_name, loss, net)
+            bad = step.guard.bad_values(loss_name, loss, net)
             if not bad:
                 return True
-            where = f"iteration {iteration + 1} ({step})"
+            where = f"iteration {iteration + 1} ({phase})"
             values = ", ".join(f"{k}={v}" for k, v in bad.items())
             if cfg.nan_policy == "skip":
                 skipped += 1
@@ -532,35 +688,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     with _StopRequest() as stop:
         for it in range(start, cfg.iterations):
             done = it + 1
-            G.train()
-            D.train()
-
-            # D steps: n_dis of them, each on a fresh real batch and fresh z. Every rank draws
-            # the same global batch and keeps its own slice (so the run does not depend on
-            # the number of ranks' random streams, and rank 0's checkpoint resumes them all).
-            for j in range(o.n_dis):
-                real, real_y = map(ctx.shard, stream.next(o.d_batch_size))
-                z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, z_gen, device)
-                z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
-                guard.before_forward()
-                check = check_factory(it, f"D step {j + 1} of {o.n_dis}", D)
-                stats = d_step(
-                    G_run, D_train, opt_d, d_loss, real, real_y, z, fake_y, autocast, check
-                )
-
-            # G step: g_batch_size fresh z (128 in the official ResNet config, twice D's).
-            z, fake_y = sample_z(o.g_batch_size, m.z_dim, m.num_classes, z_gen, device)
-            z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
-            guard.before_forward()
-            check = check_factory(it, "G step", G)
-            stats.update(g_step(G_train, D_run, opt_g, g_loss, z, fake_y, autocast, check))
-
-            # EMA of G: a plain copy until ema_start, then an exponential average.
-            update_ema(G_ema, G, 0.0 if done <= o.ema_start else o.ema_decay)
-
-            # Schedules: linear decay to 0 at the last iteration.
-            sched_g.step()
-            sched_d.step()
+            stats = generator_iteration(step, it, check_factory)
             bar.update(1)
 
             # Maintenance (rank 0 only), each gated on the iteration count.

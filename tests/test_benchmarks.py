@@ -109,6 +109,7 @@ def test_benchmark_quick_writes_json(tmp_path):
         "compile": False,
         "channels_last": False,
         "fused_adam": False,
+        "joint_d_forward": False,
     }
     assert set(data["results"]) == {"resnet", "dcgan"}
     for model, n_dis in (("resnet", 5), ("dcgan", 1)):

@@ -29,8 +29,9 @@ from sngan.train import train
 BIN = Path(sys.executable).parent
 SECTIONS = "model, loss, data, optim, metrics"
 TOP_KEYS = (
-    "iterations, seed, device, amp, compile, channels_last, sync_bn, log_every, log_exact_every, "
-    "sample_every, checkpoint_every, keep_checkpoints, nan_policy, progress, resume"
+    "iterations, seed, device, amp, compile, compile_mode, channels_last, fused_adam, "
+    "joint_d_forward, threads, sync_bn, log_every, log_exact_every, sample_every, "
+    "checkpoint_every, keep_checkpoints, nan_policy, progress, resume"
 )
 OPTIM_KEYS = "n_dis, g_lr, d_lr, betas, d_batch_size, g_batch_size, lr_decay, ema_decay, ema_start"
 
@@ -231,9 +232,10 @@ def test_a_checkpoint_of_another_architecture(run_copy, monkeypatch, capsys):
         f"resume={run_dir} continues the run saved in {path} with its own config, but this "
         "command line changes it: model.name=dcgan (the run has resnet), model.z_dim=128 (the run "
         "has 16), model.g_channels=512 (the run has 8), model.d_channels=64 (the run has 8). A "
-        "resume may change only iterations, device, amp, compile, channels_last, progress, "
-        "log_every, log_exact_every, sample_every, checkpoint_every, keep_checkpoints, nan_policy "
-        "and metrics.*; pass only those with resume=..., or start a new run in another directory"
+        "resume may change only iterations, device, amp, compile, compile_mode, channels_last, "
+        "fused_adam, joint_d_forward, threads, progress, log_every, log_exact_every, sample_every, "
+        "checkpoint_every, keep_checkpoints, nan_policy and metrics.*; pass only those with "
+        "resume=..., or start a new run in another directory"
     )
 
 

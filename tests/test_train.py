@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -10,8 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sngan import checkpoint
 from sngan.config import ConfigError
-from sngan.spectral_norm import sigmas
-from sngan.train import build_networks, train
+from sngan.losses import get_loss
+from sngan.spectral_norm import _SpectralNormMixin, sigmas
+from sngan.train import FastPaths, build_networks, d_step, train
 
 
 def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
@@ -147,3 +150,75 @@ def test_conditional_resnet_trains(tmp_path, tiny_config):
     )
     last = train(cfg, tmp_path)
     assert torch.isfinite(torch.tensor(last["loss/d"]))
+
+
+def test_fast_paths_default_per_device_and_follow_the_config(tiny_config):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert FastPaths.resolve(tiny_config(), cpu) == FastPaths(False, False, False, False, False)
+    assert FastPaths.resolve(tiny_config(), cuda) == FastPaths(True, True, True, True, True)
+    cfg = tiny_config("amp=true", "joint_d_forward=true", "channels_last=false")
+    assert FastPaths.resolve(cfg, cpu) == FastPaths(True, False, False, False, True)
+    assert FastPaths.resolve(cfg, cuda) == FastPaths(True, True, False, True, True)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_joint_and_separate_d_forwards_make_the_same_update(tiny_config, conditional, monkeypatch):
+    """One D forward of real+fake (GPU default) and two forwards (CPU default) are one update:
+    the same loss, the same new weights and u, v; the power iteration runs once per layer."""
+    extra = ["model=resnet", "model.num_classes=3"] if conditional else []
+    cfg = tiny_config(*extra)
+    G, D = build_networks(cfg)
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(8, 3, 32, 32, generator=gen) * 2 - 1
+    real_y = torch.randint(0, 3, (8,), generator=gen)
+    z = torch.randn(8, cfg.model.z_dim, generator=gen)
+    fake_y = torch.randint(0, 3, (8,), generator=gen) if conditional else None
+    d_loss = get_loss(cfg.loss.name)[0]
+    calls: list[str] = []
+    power_iteration = _SpectralNormMixin._sn_power_iteration
+
+    def counting(self, name, n):
+        calls.append(name)
+        return power_iteration(self, name, n)
+
+    monkeypatch.setattr(_SpectralNormMixin, "_sn_power_iteration", counting)
+    results = {}
+    for joint in (True, False):
+        G_copy, D_copy = copy.deepcopy(G).train(), copy.deepcopy(D).train()
+        # SGD: Adam's first step is lr * sign(grad), which float noise flips where grad ~ 0.
+        opt = torch.optim.SGD(D_copy.parameters(), lr=0.1)
+        calls.clear()
+        stats = d_step(
+            G_copy, D_copy, opt, d_loss, real, real_y, z, fake_y, nullcontext(), lambda _: True,
+            joint=joint,
+        )  # fmt: skip
+        assert len(calls) == len(sigmas(D)), joint  # once per normalised weight
+        results[joint] = (stats, D_copy.state_dict())
+    (joint_stats, joint_state), (sep_stats, sep_state) = results[True], results[False]
+    for key in ("loss/d", "d/real", "d/fake"):
+        torch.testing.assert_close(joint_stats[key], sep_stats[key], rtol=1e-5, atol=1e-6)
+    before = D.state_dict()
+    for key, value in joint_state.items():
+        torch.testing.assert_close(value, sep_state[key], rtol=1e-5, atol=1e-6, msg=key)
+        if key.endswith("weight_orig"):  # the step did update D
+            assert not torch.equal(value, before[key]), key
+
+
+def test_threads_sets_torchs_cpu_threads(tmp_path, tiny_config):
+    before = torch.get_num_threads()
+    try:
+        train(tiny_config("threads=1", "iterations=1"), tmp_path / "run")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ConfigError, match=r"threads=0 is not valid: must be an integer >= 1"):
+        train(tiny_config("threads=0"), tmp_path / "bad")
+
+
+def test_compile_mode_is_checked(tmp_path, tiny_config):
+    with pytest.raises(
+        ConfigError,
+        match=r"compile_mode='fast' is not valid: choose one of "
+        r"default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
+    ):
+        train(tiny_config("compile_mode=fast"), tmp_path / "bad")
