@@ -56,9 +56,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from sngan.config import TrainConfig, validate
-from sngan.data import load_images
 from sngan.losses import get_loss
-from sngan.train import FastPaths, build_networks, build_step, generator_iteration
+from sngan.train import (
+    FastPaths,
+    build_networks,
+    build_step,
+    generator_iteration,
+    load_training_images,
+)
 
 # Model name -> the config preset holding its official hyperparameters.
 PRESETS = {"resnet": "sngan_resnet", "dcgan": "sngan_dcgan"}
@@ -263,15 +268,7 @@ def bench_model(
 ) -> dict[str, Any]:
     """Time ``model``'s generator iteration, ours and the reference, interleaved."""
     cfg = compose_config(model, overrides)
-    d = cfg.data
-    images, labels = load_images(
-        d.source,
-        root=d.root,
-        image_size=d.image_size,
-        download=d.download,
-        num_images=d.num_images,
-        seed=cfg.seed,
-    )
+    images, labels = load_training_images(cfg)
     variants: dict[str, Any] = {
         "ours": OursIteration(cfg, images, labels, device),
         "reference": ReferenceIteration(cfg, images, labels, device),

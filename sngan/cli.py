@@ -360,9 +360,8 @@ class EvalArgs:
 
 def eval_main(argv: list[str] | None = None) -> None:
     """sngan-eval checkpoint=<file> [metrics.protocol=paper] [metrics.num_samples=N]."""
-    from sngan.data import load_images
     from sngan.metrics import evaluate_with, inception_weights_file
-    from sngan.train import reference_name, resolve_device
+    from sngan.train import load_training_images, reference_name, resolve_device
 
     args: EvalArgs = _parse("sngan-eval", EvalArgs, sys.argv[1:] if argv is None else argv)
     try:
@@ -375,15 +374,7 @@ def eval_main(argv: list[str] | None = None) -> None:
         cfg = saved_config(Path(args.checkpoint), state)
         if args.data_root is not None:
             cfg.data.root = args.data_root
-        d = cfg.data
-        reference, _ = load_images(
-            d.source,
-            root=d.root,
-            image_size=d.image_size,
-            download=d.download,
-            num_images=d.num_images,
-            seed=cfg.seed,
-        )
+        reference, _ = load_training_images(cfg)
         result = evaluate_with(
             G,
             reference,

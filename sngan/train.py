@@ -66,6 +66,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_training_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cfg.data``'s images, uint8 (N, 3, H, W), and labels (N,); bad data is a ConfigError."""
+    d = cfg.data
+    try:
+        return load_images(
+            d.source,
+            root=d.root,
+            image_size=d.image_size,
+            download=d.download,
+            num_images=d.num_images,
+            seed=cfg.seed,
+        )
+    except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
+        raise ConfigError(str(e)) from e
+
+
 def build_networks(cfg: TrainConfig) -> tuple[nn.Module, nn.Module]:
     m = cfg.model
     return build_models(
@@ -566,18 +582,8 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
         return {}
     evaluate = _metrics_evaluate(cfg) if cfg.metrics.enabled else None
 
-    # Data: the whole training set as one uint8 tensor on the device.
-    try:
-        images, labels = load_images(
-            cfg.data.source,
-            root=cfg.data.root,
-            image_size=cfg.data.image_size,
-            download=cfg.data.download,
-            num_images=cfg.data.num_images,
-            seed=cfg.seed,
-        )
-    except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
-        raise ConfigError(str(e)) from e
+    # Data: the whole training set as one uint8 tensor (BatchStream moves it to the device).
+    images, labels = load_training_images(cfg)
     ctx.split(o.d_batch_size, "optim.d_batch_size")  # each rank takes an equal share
     ctx.split(o.g_batch_size, "optim.g_batch_size")
     if cfg.sync_bn and ctx.enabled and not on_cuda:

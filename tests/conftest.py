@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice"
@@ -24,6 +25,19 @@ CIFAR10_CLASSES = [
     "ship",
     "truck",
 ]
+
+
+def read_events(run_dir: Path) -> EventAccumulator:
+    """A run's TensorBoard events (``run_dir/tb``), every record kept."""
+    acc = EventAccumulator(str(Path(run_dir) / "tb"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of a run as (step, value) pairs in the order logged."""
+    acc = read_events(run_dir)
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def write_cifar10(root: Path, images_per_batch: int = 20, seed: int = 0) -> Path:

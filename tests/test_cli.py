@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, read_events
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 BIN = Path(sys.executable).parent
 
@@ -34,8 +33,7 @@ def trained(tmp_path_factory) -> Path:
 
 def test_train_writes_config_events_checkpoint_and_samples(trained):
     assert "num_classes: 10" in (trained / "config.yaml").read_text()
-    acc = EventAccumulator(str(trained / "tb"))
-    acc.Reload()
+    acc = read_events(trained)
     tags = set(acc.Tags()["scalars"])
     expected = {
         "loss/d",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, read_events
 from torch import nn
 from torch.nn.utils import parametrizations
 
@@ -188,12 +188,10 @@ def _documented_tags() -> list[re.Pattern]:
 
 
 def test_readme_documents_exactly_the_tags_a_run_logs(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     from sngan.train import train
 
     train(compose_config(), tmp_path)
-    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    events = read_events(tmp_path)
     logged = events.Tags()["scalars"] + events.Tags()["images"]
     documented = _documented_tags()
     for tag in logged:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import read_events
 from inception_fixture import write_random_inception_weights
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sngan import checkpoint
 from sngan.train import train
@@ -51,8 +51,7 @@ def test_every_evaluation_is_logged_and_recorded(evaluated_run):
         assert r["protocol"] == "standard" and r["metrics/num_fake"] == 10
         for key in ("metrics/fid", "metrics/is", "metrics/is_std", "perf/eval_s"):
             assert math.isfinite(r[key]), key
-    acc = EventAccumulator(str(evaluated_run / "tb"))
-    acc.Reload()
+    acc = read_events(evaluated_run)
     logged = {e.step: e.value for e in acc.Scalars("metrics/fid")}
     assert logged == pytest.approx({r["iteration"]: r["metrics/fid"] for r in records})
     assert "perf/eval_s" in acc.Tags()["scalars"]

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import TINY, read_events
 
 import sngan.train
 from sngan import checkpoint
@@ -128,8 +127,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every TensorBoard scalar (timings aside) and image tag as (step, value) in read order."""
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
+    acc = read_events(run_dir)
     out = {
         tag: [(e.step, e.value) for e in acc.Scalars(tag)]
         for tag in acc.Tags()["scalars"]

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import read_events, scalars
 
 from sngan import checkpoint
 from sngan.config import ConfigError
@@ -17,16 +17,8 @@ from sngan.spectral_norm import _SpectralNormMixin, sigmas
 from sngan.train import FastPaths, build_networks, d_step, train
 
 
-def scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
-
-
 def images(run_dir) -> list[str]:
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
-    acc.Reload()
-    return acc.Tags()["images"]
+    return read_events(run_dir).Tags()["images"]
 
 
 def test_a_run_writes_logs_samples_and_checkpoints(tmp_path, tiny_config):
