@@ -107,7 +107,7 @@ class OursIteration:
 
     def _check(self, it: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
         loss_name = "loss/d" if net is self.step.D else "loss/g"
-        return lambda loss: not self.step.guard.bad_values(loss_name, loss, net)
+        return lambda loss: not self.step.guard.check(it, phase, loss_name, loss, net)
 
     def __call__(self, eager: bool = False) -> None:
         generator_iteration(self.step, self.iteration, self._check, eager=eager)

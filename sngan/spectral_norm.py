@@ -465,13 +465,18 @@ def _normalised(model: nn.Module) -> Iterator[tuple[str, _SpectralNormMixin, str
                 yield (f"{mod_name}.{name}" if mod_name else name), mod, name
 
 
+def sigma_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The live sigma-estimate buffer of every normalised parameter, by qualified name."""
+    return {q: getattr(m, n + "_sigma") for q, m, n in _normalised(model)}
+
+
 def sigmas(model: nn.Module) -> dict[str, float]:
     """Current sigma estimate of every normalised parameter (no extra computation, one sync)."""
-    entries = list(_normalised(model))
-    if not entries:
+    tensors = sigma_tensors(model)
+    if not tensors:
         return {}
-    values = torch.stack([getattr(m, n + "_sigma").detach().float().cpu() for _, m, n in entries])
-    return dict(zip([q for q, _, _ in entries], values.tolist(), strict=True))
+    values = torch.stack([t.detach().float() for t in tensors.values()]).tolist()
+    return dict(zip(tensors, values, strict=True))
 
 
 @torch.no_grad()

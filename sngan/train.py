@@ -33,7 +33,7 @@ from sngan.config import ConfigError, TrainConfig, to_dict, validate
 from sngan.data import BatchStream, load_images
 from sngan.losses import get_loss
 from sngan.models import build_models
-from sngan.spectral_norm import exact_sigmas, no_power_iteration, sigmas
+from sngan.spectral_norm import exact_sigmas, no_power_iteration, sigma_tensors, sigmas
 
 
 class NonFiniteError(RuntimeError):
@@ -108,7 +108,17 @@ def grad_norm(module: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-class _UpdateGuard:
+@dataclass
+class BadUpdate:
+    """The first update with a NaN or inf since the guard's last report."""
+
+    iteration: int  # 0-based: the update belongs to iteration ``iteration + 1``
+    phase: str  # "D step 1 of 5", "G step"
+    values: dict[str, float]  # the non-finite values by tag (loss, gradient norm, sigmas)
+    count: int = 1  # bad updates since the last report, this one included
+
+
+class UpdateGuard:
     """Finds NaN or inf in an update (loss, gradient norm, D's sigmas) before it is applied.
 
     Training forwards change buffers in place before the loss exists: D's power iteration
@@ -116,38 +126,102 @@ class _UpdateGuard:
     ``before_forward`` keeps a copy of every buffer of G and D, so that an update that is then
     rejected leaves both exactly as they were: for a skipped step and for the last good state
     saved on a stop.
+
+    Two ways to act, chosen by the optimisers. Plain (for-each) Adam, the CPU default: ``check``
+    reads one bool per update (a host sync, cheap on a CPU) and returns the bad values, so the
+    caller stops or skips at that very update. Fused Adam, the CUDA default, can skip a step on
+    the device (its ``found_inf`` tensor, the hook torch's GradScaler uses): ``check`` then
+    never waits for the device; a bad update is skipped and its buffers restored there, and
+    ``report``, called where the loop syncs anyway (its log steps), says what happened. With
+    ``halt_on_bad`` (nan_policy=stop) every update after a bad one is skipped too, so the
+    networks and optimisers stay as they were before it until the loop notices.
     """
 
-    def __init__(self, G: nn.Module, D: nn.Module) -> None:
+    def __init__(
+        self,
+        G: nn.Module,
+        D: nn.Module,
+        optimizers: dict[nn.Module, torch.optim.Optimizer],
+        on_device: bool,
+        halt_on_bad: bool,
+    ) -> None:
         self.D = D
-        self.sigmas = [
-            getattr(mod, name + "_sigma")
-            for mod in D.modules()
-            if hasattr(mod, "_sn")
-            for name in mod._sn
-        ]
+        self.optimizers = optimizers
+        self.on_device = on_device
+        self.sigma_names = [f"sigma/{k}" for k in sigma_tensors(D)]
+        self.sigmas = list(sigma_tensors(D).values())
         self.buffers = [*G.buffers(), *D.buffers()]
         self.saved = [buf.clone() for buf in self.buffers]
+        device = self.buffers[0].device if self.buffers else torch.device("cpu")
+        # Device-side record of the updates since the last report.
+        self.pending: list[tuple[int, str, str]] = []  # (iteration, phase, loss tag) per update
+        self.halted = torch.zeros((), dtype=torch.bool, device=device) if halt_on_bad else None
+        self.bad_count = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # into pending
+        self.first_values = torch.zeros(2 + len(self.sigmas), device=device)
 
     def before_forward(self) -> None:
         torch._foreach_copy_(self.saved, self.buffers)
 
-    def bad_values(self, loss_name: str, loss: torch.Tensor, net: nn.Module) -> dict[str, float]:
-        """The non-finite values of the update ``net`` is about to make; {} if there are none."""
+    def _values(self, loss: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        """(loss, gradient norm of ``net``, every sigma of D) as one float vector."""
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         norm = grad_norm(net) if grads else loss.new_zeros(())
-        values = torch.cat(
+        return torch.cat(
             [loss.detach().reshape(1).float(), norm.reshape(1).float()]
             + [s.reshape(1).float() for s in self.sigmas]
         )
+
+    def _named(self, loss_name: str, values: list[float]) -> dict[str, float]:
+        suffix = loss_name.rsplit("/", 1)[-1]
+        names = [loss_name, f"grad_norm/{suffix}", *self.sigma_names]
+        return {k: v for k, v in zip(names, values, strict=True) if not math.isfinite(v)}
+
+    def check(
+        self, iteration: int, phase: str, loss_name: str, loss: torch.Tensor, net: nn.Module
+    ) -> dict[str, float]:
+        """The non-finite values of the update ``net`` is about to make; {} if none (or if the
+        check runs on the device, where a bad update is skipped without telling the host)."""
+        values = self._values(loss, net)
+        if self.on_device:
+            self._check_on_device(iteration, phase, loss_name, values, net)
+            return {}
         # One host sync per update: the price of stopping at the very step that failed.
         if bool(torch.isfinite(values).all()):
             return {}
-        suffix = loss_name.rsplit("/", 1)[-1]
-        named = {loss_name: float(loss.detach()), f"grad_norm/{suffix}": float(norm)}
-        named.update({f"sigma/{k}": v for k, v in sigmas(self.D).items()})
         torch._foreach_copy_(self.buffers, self.saved)  # undo the forwards of this update
-        return {k: v for k, v in named.items() if not math.isfinite(v)}
+        return self._named(loss_name, values.tolist())
+
+    def _check_on_device(
+        self, iteration: int, phase: str, loss_name: str, values: torch.Tensor, net: nn.Module
+    ) -> None:
+        bad = ~torch.isfinite(values).all()
+        skip = bad
+        if self.halted is not None:
+            self.halted |= bad
+            skip = self.halted.clone()
+        self.optimizers[net].found_inf = skip.float()  # fused Adam skips its step on the device
+        for buf, saved in zip(self.buffers, self.saved, strict=True):
+            buf.copy_(torch.where(skip, saved, buf))
+        first = bad & (self.first_bad < 0)
+        self.first_bad.copy_(torch.where(first, len(self.pending), self.first_bad))
+        self.first_values.copy_(torch.where(first, values, self.first_values))
+        self.bad_count += bad
+        self.pending.append((iteration, phase, loss_name))
+
+    def report(self) -> BadUpdate | None:
+        """The first bad update checked on the device since the last report (one host sync)."""
+        if not self.pending:
+            return None
+        count, index = torch.stack([self.bad_count, self.first_bad]).tolist()
+        pending, self.pending = self.pending, []
+        if not count:
+            return None
+        iteration, phase, loss_name = pending[index]
+        values = self._named(loss_name, self.first_values.tolist())
+        self.bad_count.zero_()
+        self.first_bad.fill_(-1)
+        return BadUpdate(iteration, phase, values, count)
 
 
 def d_step(
@@ -216,14 +290,26 @@ def g_step(
 
 
 @torch.no_grad()
-def update_ema(G_ema: nn.Module, G: nn.Module, decay: float) -> None:
-    """G_ema <- decay * G_ema + (1 - decay) * G; BatchNorm statistics are copied from G."""
+def update_ema(
+    G_ema: nn.Module, G: nn.Module, decay: float, hold: torch.Tensor | None = None
+) -> None:
+    """G_ema <- decay * G_ema + (1 - decay) * G; BatchNorm statistics are copied from G.
+
+    ``hold``: a bool tensor; where true, G_ema stays as it is (decided on the device).
+    """
     ema_p, p = list(G_ema.parameters()), list(G.parameters())
+    ema_b, b = list(G_ema.buffers()), list(G.buffers())
+    if hold is not None:
+        weight = (~hold).float() * (1.0 - decay)
+        torch._foreach_lerp_(ema_p, p, [weight] * len(p))
+        for e, x in zip(ema_b, b, strict=True):
+            e.copy_(torch.where(hold, e, x))
+        return
     if decay == 0.0:
         torch._foreach_copy_(ema_p, p)
     else:
         torch._foreach_lerp_(ema_p, p, 1.0 - decay)
-    torch._foreach_copy_(list(G_ema.buffers()), list(G.buffers()))
+    torch._foreach_copy_(ema_b, b)
 
 
 @dataclass(frozen=True)
@@ -273,7 +359,7 @@ class Step:
     D_run: nn.Module
     D_train: nn.Module
     autocast: Any
-    guard: _UpdateGuard
+    guard: UpdateGuard
 
 
 def build_step(
@@ -342,7 +428,13 @@ def build_step(
         D_run=D_run,
         D_train=D_train,
         autocast=autocast,
-        guard=_UpdateGuard(G, D),
+        guard=UpdateGuard(
+            G,
+            D,
+            {G: opt_g, D: opt_d},
+            on_device=fast.fused_adam,
+            halt_on_bad=cfg.nan_policy == "stop",
+        ),
     )
 
 
@@ -397,7 +489,7 @@ def generator_iteration(
     stats.update(g_step(G_train, D_run, s.opt_g, s.g_loss, z, fake_y, s.autocast, check))
 
     # EMA of G: a plain copy until ema_start, then an exponential average.
-    update_ema(s.G_ema, s.G, 0.0 if it + 1 <= o.ema_start else o.ema_decay)
+    update_ema(s.G_ema, s.G, 0.0 if it + 1 <= o.ema_start else o.ema_decay, s.guard.halted)
 
     # Schedules: linear decay to 0 at the last iteration.
     s.sched_g.step()
@@ -645,31 +737,38 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             "skipped": skipped,
         }
 
+    def on_bad_update(bad: BadUpdate, noticed: int) -> None:
+        """nan_policy for an update with NaN or inf: count it as skipped, or save and stop."""
+        nonlocal skipped
+        where = f"iteration {bad.iteration + 1} ({bad.phase})"
+        values = ", ".join(f"{k}={v}" for k, v in bad.values.items())
+        if cfg.nan_policy == "skip":
+            skipped += bad.count
+            more = f" (and {bad.count - 1} more by iteration {noticed})" if bad.count > 1 else ""
+            if ctx.is_main:
+                message = f"sngan-train: skipped the update of {where}: {values}{more}"
+                tqdm.write(message, sys.stderr)
+            return
+        # The networks and optimisers as they were just before this update (checked on the
+        # device, every later update was skipped too until the loop noticed).
+        path = checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST_GOOD
+        if ctx.is_main:
+            checkpoint.save(snapshot(bad.iteration), path)
+        hint = resume_hint(run_dir, "nan_policy=skip")
+        raise NonFiniteError(
+            f"non-finite value in {where}: {values}; the state before this update is saved "
+            f"as {path}. To skip such updates instead: {hint}"
+        )
+
     def check_factory(iteration: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
-        """The check d_step/g_step run between backward and the optimiser step (nan_policy)."""
+        """The check d_step/g_step run between backward and the optimiser step."""
         loss_name = "loss/d" if net is D else "loss/g"
 
         def check(loss: torch.Tensor) -> bool:
-            nonlocal skipped
-            bad = step.guard.bad_values(loss_name, loss, net)
-            if not bad:
-                return True
-            where = f"iteration {iteration + 1} ({phase})"
-            values = ", ".join(f"{k}={v}" for k, v in bad.items())
-            if cfg.nan_policy == "skip":
-                skipped += 1
-                if ctx.is_main:
-                    tqdm.write(f"sngan-train: skipped the update of {where}: {values}", sys.stderr)
-                return False
-            # The networks and optimisers as they were just before this update.
-            path = checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST_GOOD
-            if ctx.is_main:
-                checkpoint.save(snapshot(iteration), path)
-            hint = resume_hint(run_dir, "nan_policy=skip")
-            raise NonFiniteError(
-                f"non-finite value in {where}: {values}; the state before this update is saved "
-                f"as {path}. To skip such updates instead: {hint}"
-            )
+            values = step.guard.check(iteration, phase, loss_name, loss, net)
+            if values:
+                on_bad_update(BadUpdate(iteration, phase, values), iteration + 1)
+            return not values
 
         return check
 
@@ -697,12 +796,20 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
             stats = generator_iteration(step, it, check_factory)
             bar.update(1)
 
+            # NaN/inf checked on the device (fused Adam): read back where the loop syncs anyway.
+            log_now = done % cfg.log_every == 0 or done == cfg.iterations
+            save_now = done % cfg.checkpoint_every == 0 or done == cfg.iterations
+            if log_now or save_now or stop.signal is not None:
+                bad = step.guard.report()
+                if bad is not None:
+                    on_bad_update(bad, done)
+
             # Maintenance (rank 0 only), each gated on the iteration count.
             if not ctx.is_main:
                 if stop.signal is not None and done < cfg.iterations:
                     raise Interrupted(f"rank {ctx.rank} stopped at iteration {done}", stop.signal)
                 continue
-            if done % cfg.log_every == 0 or done == cfg.iterations:
+            if log_now:
                 stats["grad_norm/d"] = grad_norm(D)
                 stats["grad_norm/g"] = grad_norm(G)
                 keys = list(stats)
@@ -755,7 +862,6 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 last.update(result)
                 if result["metrics/fid"] < best_fid:
                     best_fid, is_best = result["metrics/fid"], True
-            save_now = done % cfg.checkpoint_every == 0 or done == cfg.iterations
             if save_now or is_best or stop.signal is not None:
                 # Logs first: a checkpoint on disk means every log up to it is on disk too, so a
                 # resume from it (which purges later steps) leaves no gap.

@@ -309,13 +309,19 @@ def poison_power_iteration(monkeypatch, at_forward: int) -> list[str]:
     return names
 
 
+# The NaN/inf check runs on the host per update with for-each Adam (the CPU default) and on the
+# device, read back at log steps, with fused Adam (the CUDA default): both must act alike.
+CHECKS = pytest.mark.parametrize("check", ["fused_adam=false", "fused_adam=true"])
+
+
+@CHECKS
 def test_nan_in_a_sigma_stops_and_saves_the_state_before_that_update(
-    tmp_path, tiny_config, monkeypatch
+    tmp_path, tiny_config, monkeypatch, check
 ):
     # TINY: n_dis=2, so each iteration runs D's forward 3 times; forward 7 = iteration 3, D step 1.
     names = poison_power_iteration(monkeypatch, at_forward=7)
     with pytest.raises(NonFiniteError) as err:
-        train(tiny_config("iterations=6"), tmp_path)
+        train(tiny_config("iterations=6", check), tmp_path)
     ckpts = tmp_path / "checkpoints"
     assert str(err.value) == (
         f"non-finite value in iteration 3 (D step 1 of 2): loss/d=nan, grad_norm/d=nan, "
@@ -346,10 +352,11 @@ def inf_in_g_loss(monkeypatch, at_call: int) -> None:
     monkeypatch.setattr(sngan.train, "get_loss", patched)
 
 
-def test_inf_in_a_loss_stops_with_the_step_and_the_value(tmp_path, tiny_config, monkeypatch):
+@CHECKS
+def test_inf_in_a_loss_stops_with_the_step_and_the_value(tmp_path, tiny_config, monkeypatch, check):
     inf_in_g_loss(monkeypatch, at_call=2)
     with pytest.raises(NonFiniteError) as err:
-        train(tiny_config("checkpoint_every=1"), tmp_path)
+        train(tiny_config("checkpoint_every=1", check), tmp_path)
     ckpts = tmp_path / "checkpoints"
     assert str(err.value).startswith(
         f"non-finite value in iteration 2 (G step): loss/g=inf; the state before this update is "
@@ -366,9 +373,11 @@ def test_inf_in_a_loss_stops_with_the_step_and_the_value(tmp_path, tiny_config, 
     assert torch.equal(good["opt_g"]["state"][0]["step"], before["opt_g"]["state"][0]["step"])
 
 
-def test_skip_policy_skips_only_that_update(tmp_path, tiny_config, monkeypatch, capsys):
+@CHECKS
+def test_skip_policy_skips_only_that_update(tmp_path, tiny_config, monkeypatch, capsys, check):
     inf_in_g_loss(monkeypatch, at_call=2)
-    train(tiny_config("checkpoint_every=1", "keep_checkpoints=4", "nan_policy=skip"), tmp_path)
+    overrides = ("checkpoint_every=1", "keep_checkpoints=4", "nan_policy=skip", check)
+    train(tiny_config(*overrides), tmp_path)
     assert "sngan-train: skipped the update of iteration 2 (G step): loss/g=inf" in (
         capsys.readouterr().err
     )

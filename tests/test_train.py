@@ -14,7 +14,15 @@ from sngan import checkpoint
 from sngan.config import ConfigError
 from sngan.losses import get_loss
 from sngan.spectral_norm import _SpectralNormMixin, sigmas
-from sngan.train import FastPaths, build_networks, d_step, train
+from sngan.train import (
+    FastPaths,
+    build_networks,
+    build_step,
+    d_step,
+    generator_iteration,
+    load_training_images,
+    train,
+)
 
 
 def images(run_dir) -> list[str]:
@@ -214,3 +222,58 @@ def test_compile_mode_is_checked(tmp_path, tiny_config):
         r"default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
     ):
         train(tiny_config("compile_mode=fast"), tmp_path / "bad")
+
+
+def test_with_fused_adam_an_iteration_reads_no_tensor_on_the_host(tiny_config, monkeypatch):
+    """The CPU stand-in for the GPU test below: with fused Adam, no Python code in the
+    iteration turns a tensor into a Python value (each such call waits for a GPU)."""
+    cfg = tiny_config("fused_adam=true", "data.num_images=512")
+    images, labels = load_training_images(cfg)
+    step = build_step(cfg, images, labels, torch.device("cpu"))
+
+    def check_factory(it, phase, net):
+        name = "loss/d" if net is step.D else "loss/g"
+        return lambda loss: not step.guard.check(it, phase, name, loss, net)
+
+    generator_iteration(step, 0, check_factory)
+    reads = []
+    for method in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, method)
+
+        def spy(self, *args, _original=original, _method=method):
+            reads.append(_method)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, method, spy)
+    for it in range(1, 4):
+        generator_iteration(step, it, check_factory)
+    monkeypatch.undo()
+    assert reads == []
+    assert step.guard.report() is None  # and reading back afterwards still works
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("overrides", [(), ("nan_policy=skip", "compile=false")])
+def test_generator_iterations_do_not_wait_for_the_gpu(tiny_config, overrides):
+    """Issue 6: no host sync inside the loop. With CUDA's defaults (fused Adam: the NaN/inf
+    check stays on the device) torch raises at the first synchronising call."""
+    cfg = tiny_config("device=cuda", "data.num_images=512", *overrides)
+    device = torch.device("cuda")
+    images, labels = load_training_images(cfg)
+    step = build_step(cfg, images, labels, device)
+    assert step.guard.on_device
+
+    def check_factory(it, phase, net):
+        name = "loss/d" if net is step.D else "loss/g"
+        return lambda loss: not step.guard.check(it, phase, name, loss, net)
+
+    for it in range(2):  # compilation and cuDNN autotuning may synchronise
+        generator_iteration(step, it, check_factory)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for it in range(2, 8):  # 8 x 2 D steps x 8 images: no new epoch (randperm may sync)
+            generator_iteration(step, it, check_factory)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert step.guard.report() is None
