@@ -324,7 +324,11 @@ class FastPaths:
 
     @classmethod
     def resolve(cls, cfg: TrainConfig, device: torch.device) -> FastPaths:
-        """The config's switches; null means on for CUDA and off for the CPU."""
+        """The config's switches; null means on for CUDA and off for the CPU.
+
+        (On CPUs bf16 autocast and compile do not pay everywhere, one D batch of 2B ran slower
+        than two of B, and fused Adam was no faster: docs/benchmarks.md.)
+        """
         on_cuda = device.type == "cuda"
         names = cls.__dataclass_fields__
         return cls(**{k: on_cuda if getattr(cfg, k) is None else getattr(cfg, k) for k in names})

@@ -103,11 +103,11 @@ def test_benchmark_quick_writes_json(tmp_path):
     data = json.loads(out.read_text())
     check_machine(data["machine"])
     assert data["settings"]["quick"] is True
-    # train()'s defaults on the CPU: none of the CUDA fast paths.
+    # train()'s defaults on the CPU: channels_last, none of the other CUDA fast paths.
     assert data["settings"]["fast_paths"] == {
         "amp": False,
         "compile": False,
-        "channels_last": False,
+        "channels_last": True,
         "fused_adam": False,
         "joint_d_forward": False,
     }

@@ -154,7 +154,7 @@ def test_conditional_resnet_trains(tmp_path, tiny_config):
 
 def test_fast_paths_default_per_device_and_follow_the_config(tiny_config):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert FastPaths.resolve(tiny_config(), cpu) == FastPaths(False, False, False, False, False)
+    assert FastPaths.resolve(tiny_config(), cpu) == FastPaths(False, False, True, False, False)
     assert FastPaths.resolve(tiny_config(), cuda) == FastPaths(True, True, True, True, True)
     cfg = tiny_config("amp=true", "joint_d_forward=true", "channels_last=false")
     assert FastPaths.resolve(cfg, cpu) == FastPaths(True, False, False, False, True)
