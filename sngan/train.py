@@ -239,10 +239,10 @@ def d_step(
 ) -> dict[str, torch.Tensor]:
     """One D update on a real batch and as many generated images; returns device tensors.
 
-    ``joint``: real and fake go through D in one forward of 2B images, which is faster on a
-    GPU; otherwise in two forwards of B, which is faster on a CPU (smaller activations stay in
-    its caches). D has no batch statistics and u, v advance once per step either way, so the
-    two compute the same update.
+    ``joint``: real and fake go through D in one forward of 2B images (fewer, larger kernels:
+    the GPU default); otherwise in two forwards of B (the CPU default: 1-5 % faster on ours
+    side by side, smaller activations). D has no batch statistics and u, v advance once per
+    step either way, so the two compute the same update.
     """
     real_y = real_y if fake_y is not None else None  # labels only for conditional models
     with autocast:
@@ -326,8 +326,8 @@ class FastPaths:
     def resolve(cls, cfg: TrainConfig, device: torch.device) -> FastPaths:
         """The config's switches; null means on for CUDA and off for the CPU.
 
-        (On CPUs bf16 autocast and compile do not pay everywhere, one D batch of 2B ran slower
-        than two of B, and fused Adam was no faster: docs/benchmarks.md.)
+        (On CPUs bf16 autocast and compile do not pay everywhere, one D batch of 2B was 1-5 %
+        slower than two of B on ours, and fused Adam no faster: docs/benchmarks.md.)
         """
         on_cuda = device.type == "cuda"
         names = cls.__dataclass_fields__
