@@ -92,7 +92,7 @@ from sngan import metrics
 from sngan.config import DataConfig, MetricsConfig, ModelConfig, TrainConfig
 from sngan.data import load_images
 from sngan.models import build_models
-from sngan.train import reference_name, resolve_device
+from sngan.train import FastPaths, reference_name, resolve_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Issue 5: generation + Inception + IS + FID of 50,000 samples, reference cached, on one H200.
@@ -445,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="G_ema in channels_last, as train() holds it (default: on for CUDA only)",
+        help="G_ema in channels_last (default: as train() holds it with the default config)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -467,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if on_cuda else 1)
-    channels_last = on_cuda if args.channels_last is None else args.channels_last
+    default_layout = FastPaths.resolve(TrainConfig(), device).channels_last
+    channels_last = default_layout if args.channels_last is None else args.channels_last
     if on_cuda:
         # As train() sets them; evaluate() itself turns TF32 off while it runs.
         torch.backends.cudnn.benchmark = args.cudnn_benchmark

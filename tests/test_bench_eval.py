@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from sngan.config import ModelConfig
+from sngan.config import ModelConfig, TrainConfig
+from sngan.train import FastPaths
 
 NUM = 50  # --quick: generated and reference images
 STAGES = {"generation", "first_evaluation", "cached_evaluation", "fid_cpu"}
@@ -56,6 +57,8 @@ def test_quick_times_every_stage(quick):
     assert set(m["blas_env"].values()) == {"1"}
     assert (s["device"], s["num_samples"], s["num_real"], s["quick"]) == ("cpu", NUM, NUM, True)
     assert s["model"] == asdict(ModelConfig()) and s["model"]["name"] == "resnet"
+    # G_ema laid out as train() lays it out on the CPU with the default config.
+    assert s["channels_last"] == FastPaths.resolve(TrainConfig(), torch.device("cpu")).channels_last
 
     st = data["stages"]
     assert set(st) == STAGES
