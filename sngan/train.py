@@ -758,6 +758,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
         path = checkpoint.checkpoint_dir(run_dir) / checkpoint.LAST_GOOD
         if ctx.is_main:
             checkpoint.save(snapshot(bad.iteration), path)
+            writer.close()  # the curves up to the failure stay readable
         hint = resume_hint(run_dir, "nan_policy=skip")
         raise NonFiniteError(
             f"non-finite value in {where}: {values}; the state before this update is saved "
