@@ -53,14 +53,14 @@ from typing import Any
 
 import torch
 from bench_spectral_norm import load_average, machine
+from benchmark import PRESETS, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sngan.config import TrainConfig, to_dict, validate
+from sngan.config import TrainConfig, to_dict
 from sngan.train import NonFiniteError, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice" / "train"
-PRESETS = {"resnet": "sngan_resnet", "dcgan": "sngan_dcgan"}
 TAGS = ("loss/d", "loss/g", "d/real", "d/fake")
 R_TOL = 0.1
 MARGIN = 1.5
@@ -73,20 +73,6 @@ QUICK_OVERRIDES = [
     "optim.d_batch_size=8",
     "optim.g_batch_size=8",
 ]
-
-
-def compose_config(model: str, overrides: Sequence[str]) -> TrainConfig:
-    """The real config (configs/train.yaml) with ``model``'s preset and ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from sngan.cli import CONFIG_DIR  # also registers the schema in Hydra's ConfigStore
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        dcfg = compose("train", overrides=[f"experiment={PRESETS[model]}", *overrides])
-    cfg: TrainConfig = OmegaConf.to_object(dcfg)
-    cfg.optim.betas = tuple(cfg.optim.betas)
-    return validate(cfg)
 
 
 def git_state() -> dict[str, Any]:
