@@ -106,8 +106,7 @@ class OursIteration:
         self.images_per_iteration = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
 
     def _check(self, it: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
-        loss_name = "loss/d" if net is self.step.D else "loss/g"
-        return lambda loss: not self.step.guard.check(it, phase, loss_name, loss, net)
+        return lambda loss: not self.step.guard.check(it, phase, loss, net)
 
     def __call__(self, eager: bool = False) -> None:
         generator_iteration(self.step, self.iteration, self._check, eager=eager)

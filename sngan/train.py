@@ -148,14 +148,17 @@ class UpdateGuard:
         self.D = D
         self.optimizers = optimizers
         self.on_device = on_device
-        self.sigma_names = [f"sigma/{k}" for k in sigma_tensors(D)]
-        self.sigmas = list(sigma_tensors(D).values())
+        named_sigmas = sigma_tensors(D)
+        self.sigma_names = [f"sigma/{k}" for k in named_sigmas]
+        self.sigmas = list(named_sigmas.values())
         self.buffers = [*G.buffers(), *D.buffers()]
         self.saved = [buf.clone() for buf in self.buffers]
         device = self.buffers[0].device if self.buffers else torch.device("cpu")
         # Device-side record of the updates since the last report.
         self.pending: list[tuple[int, str, str]] = []  # (iteration, phase, loss tag) per update
-        self.halted = torch.zeros((), dtype=torch.bool, device=device) if halt_on_bad else None
+        # Only the device-side check halts (the host check stops the loop at once).
+        halts = on_device and halt_on_bad
+        self.halted = torch.zeros((), dtype=torch.bool, device=device) if halts else None
         self.bad_count = torch.zeros((), dtype=torch.int64, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # into pending
         self.first_values = torch.zeros(2 + len(self.sigmas), device=device)
@@ -178,10 +181,11 @@ class UpdateGuard:
         return {k: v for k, v in zip(names, values, strict=True) if not math.isfinite(v)}
 
     def check(
-        self, iteration: int, phase: str, loss_name: str, loss: torch.Tensor, net: nn.Module
+        self, iteration: int, phase: str, loss: torch.Tensor, net: nn.Module
     ) -> dict[str, float]:
-        """The non-finite values of the update ``net`` is about to make; {} if none (or if the
-        check runs on the device, where a bad update is skipped without telling the host)."""
+        """The non-finite values of the update ``net`` (G or D) is about to make; {} if none (or
+        if the check runs on the device, where a bad update is skipped without telling the host)."""
+        loss_name = "loss/d" if net is self.D else "loss/g"
         values = self._values(loss, net)
         if self.on_device:
             self._check_on_device(iteration, phase, loss_name, values, net)
@@ -411,6 +415,7 @@ def build_step(
     G_run, G_train = wrap(G)
     D_run, D_train = wrap(D)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast.amp else nullcontext()
+    d_loss, g_loss = get_loss(cfg.loss.name)
     return Step(
         cfg=cfg,
         device=device,
@@ -424,8 +429,8 @@ def build_step(
         opt_d=opt_d,
         sched_g=torch.optim.lr_scheduler.LambdaLR(opt_g, lr_factor),
         sched_d=torch.optim.lr_scheduler.LambdaLR(opt_d, lr_factor),
-        d_loss=get_loss(cfg.loss.name)[0],
-        g_loss=get_loss(cfg.loss.name)[1],
+        d_loss=d_loss,
+        g_loss=g_loss,
         z_gen=torch.Generator(device=device).manual_seed(cfg.seed + 1),
         G_run=G_run,
         G_train=G_train,
@@ -767,10 +772,9 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
 
     def check_factory(iteration: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
         """The check d_step/g_step run between backward and the optimiser step."""
-        loss_name = "loss/d" if net is D else "loss/g"
 
         def check(loss: torch.Tensor) -> bool:
-            values = step.guard.check(iteration, phase, loss_name, loss, net)
+            values = step.guard.check(iteration, phase, loss, net)
             if values:
                 on_bad_update(BadUpdate(iteration, phase, values), iteration + 1)
             return not values
