@@ -18,6 +18,7 @@ __all__ = [
     "BatchNorm2d",
     "ConditionalBatchNorm2d",
     "batch_norm",
+    "check_image_size",
     "check_images",
     "check_labels",
     "check_latents",
@@ -110,6 +111,14 @@ def check_positive(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_image_size(image_size: int, supported: tuple[int, ...], network: str) -> None:
+    """Raise ValueError unless ``image_size`` is one of the sizes ``network`` is built for."""
+    is_int = isinstance(image_size, int) and not isinstance(image_size, bool)
+    if not is_int or image_size not in supported:
+        sizes = ", ".join(str(s) for s in supported)
+        raise ValueError(f"image_size must be one of {sizes} for the {network}, got {image_size!r}")
 
 
 def check_num_classes(num_classes: int) -> None:

@@ -1,13 +1,32 @@
-"""The paper's ResNet ("resnet", Miyato et al. 2018, Table 4) for 32x32 images.
+"""The paper's ResNets ("resnet", Miyato et al. 2018) for 32, 48, 64 and 128-pixel images.
 
-Layer for layer as the official Chainer code (pfnet-research/sngan_projection:
-gen_models/resnet_32.py, dis_models/snresnet_32.py and their resblocks.py), including its
+Layer for layer as the official Chainer code (pfnet-research/sngan_projection: the
+blocks of gen_models/resblocks.py and dis_models/resblocks.py), including its
 initialisation: Xavier (Glorot) uniform with gain sqrt(2) on the residual 3x3 convs and
 gain 1 on the shortcut 1x1 convs, the linear layers, the embedding and G's output conv;
 biases start at 0.
+
+The stage widths per image size are the tables ``G_LAYOUTS`` and ``D_LAYOUTS``, written as
+divisors of ``channels`` with kwotsin/mimicry's ngf / ndf semantics
+(torch_mimicry/nets/sngan/sngan_{32,48,64,128}.py), where the published widths are:
+
+* 32 (CIFAR-10, the paper's Table 4): ngf 256 and ndf 128 in every block, as the official
+  gen_models/resnet_32.py and dis_models/snresnet_32.py.
+* 48 (STL-10, the paper's STL-10 ResNet table): G starts at 6x6 with ngf 512, halved per
+  up-block; D blocks ndf/16, /8, /4, /2 (downsampling), then a block at ndf = 1024 that
+  keeps the resolution. The official repository has no 48-pixel network.
+* 64: ngf = ndf = 1024, i.e. the official gen_models/resnet_64.py and
+  dis_models/snresnet_64.py at configs/sn_projection_64.yml's ch = 64 (1024 = 16 ch).
+* 128 (the paper's ImageNet network): ngf = ndf = 1024, i.e. the official
+  gen_models/resnet.py and dis_models/snresnet.py at configs/sn_projection.yml's ch = 64.
+
+D's linear layer has no bias at every size, as in snresnet_32.py (the official 64 and
+128-pixel files and mimicry keep Chainer's default bias: one parameter more).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +36,7 @@ from sngan.models.layers import (
     RESIDUAL_GAIN,
     BatchNorm2d,
     batch_norm,
+    check_image_size,
     check_images,
     check_labels,
     check_latents,
@@ -27,11 +47,17 @@ from sngan.models.layers import (
 from sngan.spectral_norm import spectral_norm
 
 __all__ = [
+    "D_LAYOUTS",
+    "G_LAYOUTS",
+    "RESNET_SIZES",
     "DBlock",
+    "DLayout",
     "GBlock",
+    "GLayout",
     "OptimizedDBlock",
     "ResNetDiscriminator",
     "ResNetGenerator",
+    "layout_widths",
 ]
 
 
@@ -116,73 +142,159 @@ class OptimizedDBlock(nn.Module):
         return _downsample(h) + self.shortcut(_downsample(x))  # (B, C_out, H/2, W/2)
 
 
-class ResNetGenerator(nn.Module):
-    """Table 4's G: z -> bottom_width^2 x channels, three up-blocks, BN, ReLU, conv3x3, tanh.
+class GLayout(NamedTuple):
+    """G at one image size: the bottom width, the published ngf and each stage's divisor."""
 
-    4,276,739 parameters at the defaults. With ``num_classes > 0`` the blocks' batch norms
-    are conditional (per-class gain and bias); the final batch norm stays unconditional, as
-    in the official code.
+    bottom_width: int  # G's first feature map is bottom_width x bottom_width
+    channels: int  # the published width (mimicry's ngf)
+    divisors: tuple[int, ...]  # linear output, then each up-block's output: channels // d
+
+
+class DLayout(NamedTuple):
+    """D at one image size: the published ndf, each block's divisor and its downsampling."""
+
+    channels: int  # the published width (mimicry's ndf)
+    divisors: tuple[int, ...]  # each block's output width is channels // d
+    downsample: tuple[bool, ...]  # the first block (the optimised one) always halves
+
+
+G_LAYOUTS: dict[int, GLayout] = {
+    32: GLayout(bottom_width=4, channels=256, divisors=(1, 1, 1, 1)),
+    48: GLayout(bottom_width=6, channels=512, divisors=(1, 2, 4, 8)),
+    64: GLayout(bottom_width=4, channels=1024, divisors=(1, 2, 4, 8, 16)),
+    128: GLayout(bottom_width=4, channels=1024, divisors=(1, 1, 2, 4, 8, 16)),
+}
+D_LAYOUTS: dict[int, DLayout] = {
+    32: DLayout(channels=128, divisors=(1, 1, 1, 1), downsample=(True, True, False, False)),
+    48: DLayout(
+        channels=1024, divisors=(16, 8, 4, 2, 1), downsample=(True, True, True, True, False)
+    ),
+    64: DLayout(channels=1024, divisors=(16, 8, 4, 2, 1), downsample=(True,) * 5),
+    128: DLayout(
+        channels=1024,
+        divisors=(16, 8, 4, 2, 1, 1),
+        downsample=(True, True, True, True, True, False),
+    ),
+}
+RESNET_SIZES: tuple[int, ...] = tuple(G_LAYOUTS)
+
+
+def _stage_widths(
+    channels: int, divisors: tuple[int, ...], image_size: int, net: str
+) -> tuple[int, ...]:
+    """``channels // d`` for each divisor; ValueError unless every width is a whole number."""
+    check_positive(channels=channels)
+    # Every stage must get a whole number of channels, so the widest divisor must divide.
+    if channels % max(divisors) != 0:
+        stages = ", ".join(f"/{d}" for d in divisors)
+        raise ValueError(
+            f"channels must be a multiple of {max(divisors)} for the ResNet {net} at "
+            f"image_size {image_size} (its stage widths are channels {stages}), got {channels}"
+        )
+    return tuple(channels // d for d in divisors)
+
+
+def layout_widths(net: str, image_size: int, channels: int | None) -> tuple[int, ...]:
+    """The stage widths of the ResNet ``net`` ("G" or "D") at ``image_size`` (None: published)."""
+    layout = (G_LAYOUTS if net == "G" else D_LAYOUTS)[image_size]
+    return _stage_widths(
+        layout.channels if channels is None else channels, layout.divisors, image_size, net
+    )
+
+
+class ResNetGenerator(nn.Module):
+    """The paper's ResNet G: z -> bottom_width^2 x C_0, up-blocks, BN, ReLU, conv3x3, tanh.
+
+    ``channels`` is mimicry's ngf (None: the published width for ``image_size``); the stage
+    widths and the number of up-blocks come from ``G_LAYOUTS`` (32: three blocks at 256
+    from 4x4, Table 4; 48: three from 6x6; 64: four from 4x4; 128: five from 4x4).
+    4,276,739 parameters at the defaults (32x32), 4,878,083 at 48. With
+    ``num_classes > 0`` the blocks' batch norms are conditional (per-class gain and bias);
+    the final batch norm stays unconditional, as in the official code.
     """
 
     def __init__(
-        self, z_dim: int = 128, channels: int = 256, bottom_width: int = 4, num_classes: int = 0
+        self,
+        z_dim: int = 128,
+        channels: int | None = None,
+        image_size: int = 32,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
-        check_positive(z_dim=z_dim, channels=channels, bottom_width=bottom_width)
+        check_positive(z_dim=z_dim)
         check_num_classes(num_classes)
+        check_image_size(image_size, RESNET_SIZES, "ResNet")
+        layout = G_LAYOUTS[image_size]
         self.z_dim = z_dim
-        self.channels = channels
-        self.bottom_width = bottom_width
+        self.channels = layout.channels if channels is None else channels
+        widths = _stage_widths(self.channels, layout.divisors, image_size, "G")
+        self.image_size = image_size
+        self.bottom_width = layout.bottom_width
         self.num_classes = num_classes
+        self.stage_widths = widths
 
-        self.linear = init_xavier_uniform(nn.Linear(z_dim, bottom_width**2 * channels))
-        self.blocks = nn.ModuleList(GBlock(channels, channels, num_classes) for _ in range(3))
-        self.bn_out = BatchNorm2d(channels)
-        self.conv_out = init_xavier_uniform(nn.Conv2d(channels, 3, 3, padding=1))
+        self.linear = init_xavier_uniform(nn.Linear(z_dim, self.bottom_width**2 * widths[0]))
+        self.blocks = nn.ModuleList(
+            GBlock(c_in, c_out, num_classes)
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.bn_out = BatchNorm2d(widths[-1])
+        self.conv_out = init_xavier_uniform(nn.Conv2d(widths[-1], 3, 3, padding=1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, z_dim) latents [and (B,) labels] -> (B, 3, 8*bw, 8*bw) images in [-1, 1]."""
+        """(B, z_dim) latents [and (B,) labels] -> (B, 3, image_size, image_size) in [-1, 1]."""
         check_latents(z, self.z_dim)
         check_labels(y, z.shape[0], self.num_classes)
-        h = self.linear(z)  # (B, C * bottom_width**2)
-        h = h.view(-1, self.channels, self.bottom_width, self.bottom_width)  # (B, C, 4, 4)
+        bw = self.bottom_width
+        h = self.linear(z)  # (B, C_0 * bw * bw)
+        h = h.view(-1, self.stage_widths[0], bw, bw)  # (B, C_0, bw, bw)
         for block in self.blocks:
-            h = block(h, y)  # (B, C, 2H, 2W)
-        h = F.relu(self.bn_out(h))  # (B, C, 32, 32)
-        return torch.tanh(self.conv_out(h))  # (B, 3, 32, 32)
+            h = block(h, y)  # (B, C_i, H, W) -> (B, C_i+1, 2H, 2W)
+        h = F.relu(self.bn_out(h))  # (B, C_last, S, S)
+        return torch.tanh(self.conv_out(h))  # (B, 3, S, S)
 
 
 class ResNetDiscriminator(nn.Module):
-    """Table 4's D: optimised block, down-block, two plain blocks, ReLU, sum-pool, SN linear.
+    """The paper's ResNet D: optimised block, residual blocks, ReLU, global sum-pool, SN linear.
 
+    ``channels`` is mimicry's ndf (None: the published width for ``image_size``); the block
+    widths and which blocks downsample come from ``D_LAYOUTS`` (32: optimised block and
+    one down-block at 128, then two plain blocks, Table 4; 48: ndf/16 .. ndf/2 down, then
+    a plain block at ndf; 64: five down-blocks; 128: five down-blocks and a plain one).
     No normalisation layers; every conv, the linear layer (no bias) and the class embedding
-    are spectrally normalised. 1,053,824 parameters at the defaults. With
-    ``num_classes > 0`` it is a projection discriminator (Miyato & Koyama 2018): the inner
-    product of an SN class embedding with the pooled features is added to the output.
+    are spectrally normalised. 1,053,824 parameters at the defaults (32x32), 10,141,440 at
+    48. With ``num_classes > 0`` it is a projection discriminator (Miyato & Koyama 2018):
+    the inner product of an SN class embedding with the pooled features is added to the
+    output.
     """
 
-    def __init__(self, channels: int = 128, num_classes: int = 0) -> None:
+    def __init__(
+        self, channels: int | None = None, image_size: int = 32, num_classes: int = 0
+    ) -> None:
         super().__init__()
-        check_positive(channels=channels)
         check_num_classes(num_classes)
-        self.channels = channels
+        check_image_size(image_size, RESNET_SIZES, "ResNet")
+        layout = D_LAYOUTS[image_size]
+        self.channels = layout.channels if channels is None else channels
+        widths = _stage_widths(self.channels, layout.divisors, image_size, "D")
+        self.image_size = image_size
         self.num_classes = num_classes
+        self.stage_widths = widths
 
-        self.blocks = nn.Sequential(
-            OptimizedDBlock(3, channels),  # 32 -> 16
-            DBlock(channels, channels, downsample=True),  # 16 -> 8
-            DBlock(channels, channels),
-            DBlock(channels, channels),
-        )
-        self.linear = spectral_norm(init_xavier_uniform(nn.Linear(channels, 1, bias=False)))
+        blocks: list[nn.Module] = [OptimizedDBlock(3, widths[0])]  # S -> S/2
+        for c_in, c_out, down in zip(widths[:-1], widths[1:], layout.downsample[1:], strict=True):
+            blocks.append(DBlock(c_in, c_out, downsample=down))
+        self.blocks = nn.Sequential(*blocks)
+        self.linear = spectral_norm(init_xavier_uniform(nn.Linear(widths[-1], 1, bias=False)))
         if num_classes > 0:
-            self.embed = spectral_norm(init_xavier_uniform(nn.Embedding(num_classes, channels)))
+            self.embed = spectral_norm(init_xavier_uniform(nn.Embedding(num_classes, widths[-1])))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3, H, W) images [and (B,) labels] -> (B,) logits."""
-        check_images(x)
+        """(B, 3, image_size, image_size) images [and (B,) labels] -> (B,) logits."""
+        # A fixed size: the blocks would take any size, and a G/D size mismatch must not train.
+        check_images(x, self.image_size)
         check_labels(y, x.shape[0], self.num_classes)
-        h = F.relu(self.blocks(x))  # (B, C, 8, 8)
+        h = F.relu(self.blocks(x))  # (B, C, 8, 8) at 32; (B, C, 2, 2) at 64
         # Global sum pooling (not mean), as in the official code.
         h = h.sum(dim=(2, 3))  # (B, C)
         out = self.linear(h).squeeze(1)  # (B,)
