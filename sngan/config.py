@@ -1,23 +1,35 @@
-"""Typed configuration schemas: one dataclass per config group, checked before anything runs.
+"""The configuration: typed schemas, the checks on their values, and how they are composed.
 
-These dataclasses are registered with Hydra's ConfigStore by ``sngan.cli`` (the only module
-that imports Hydra), so an unknown key or a wrong type in an override fails at once with
-the key's full name. ``validate`` then rejects values that cannot work. Every field's
-comment is its documentation: the README's config reference is generated from them.
+One dataclass per config group, registered with Hydra's ConfigStore, so an unknown key or a
+wrong type in an override fails at once with the key's full name; ``validate`` then rejects
+values that cannot work. Every field's comment is its documentation: the README's config
+reference is generated from them.
+
+``compose(overrides)`` is the one way from a command line to a ``TrainConfig``: it composes the
+real Hydra config (configs/train.yaml), turns Hydra's errors into one line naming the key, and
+validates. The CLI, the tests and the scripts all use it, so everything downstream gets a
+checked, typed config and never looks at Hydra. (Hydra is imported only inside the functions
+that compose; ``sngan.cli`` runs the Hydra app itself.)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.resources
 import math
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_NAMES = ("dcgan", "resnet")
-LOSS_NAMES = ("hinge", "nonsaturating", "wasserstein")
-DATA_SOURCES = ("cifar10", "folder", "synthetic")
-PROTOCOLS = ("standard", "paper")
+from sngan.data import CIFAR10_SIZE, SOURCES, STL10_SPLITS
+from sngan.losses import LOSSES
+from sngan.models import D_WIDTH_CHOICES, GENERATORS, SUPPORTED_SIZES, default_widths, width_error
+from sngan.protocols import PROTOCOLS
+
+CONFIG_DIR = str(importlib.resources.files("sngan.configs"))
+
 LR_DECAYS = ("linear", "none")
 NAN_POLICIES = ("stop", "skip")
 # torch.compile's modes; reduce-overhead adds CUDA graphs.
@@ -32,9 +44,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = "resnet"  # architecture family: dcgan (the paper's standard CNN) or resnet
     z_dim: int = 128  # dimension of the latent z ~ N(0, I)
-    g_channels: int = 256  # G width (resnet: every block; dcgan: the 4x4 bottom, halved per stage)
-    d_channels: int = 128  # D width (resnet: every block; dcgan: the first conv, doubled per stage)
-    bottom_width: int = 4  # spatial size G starts from (32 = bottom_width * 2^3)
+    g_channels: int | None = None  # G width (ngf); null: the published width for data.image_size
+    d_channels: int | None = None  # D width (ndf); null: the published width for data.image_size
+    d_widths: str = "paper"  # dcgan's D: paper (Table 3 as printed) or chainer (official code)
     num_classes: int = 0  # > 0: conditional BN in G and a projection D
 
 
@@ -45,10 +57,12 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "cifar10"  # cifar10, folder (ImageFolder layout) or synthetic (random images)
-    root: str | None = "data"  # cifar10: holds cifar-10-batches-py/; folder: the image folder
-    download: bool = True  # cifar10: download into root when the files are missing
-    image_size: int = 32  # resolution the networks work at (folder images are resized)
+    source: str = "cifar10"  # cifar10, stl10, folder (ImageFolder layout) or synthetic
+    root: str | None = "data"  # cifar10/stl10: holds their files; folder: the image folder
+    download: bool = True  # cifar10/stl10: download into root when the files are missing
+    image_size: int = 32  # the resolution of data and networks (stl10, folder: resized to it)
+    split: str = "unlabeled"  # stl10: unlabeled (100k images) or train+unlabeled (105k)
+    cache_dir: str | None = None  # folder/stl10: decoded images; null: ~/.cache/sngan/images
     num_images: int = 1024  # synthetic: how many images
 
 
@@ -63,6 +77,10 @@ class OptimConfig:
     lr_decay: str = "linear"  # linear (to 0 at the last iteration) or none
     ema_decay: float = 0.9999  # decay of G_ema, the weight average that is evaluated
     ema_start: int = 1000  # iterations before G_ema starts averaging (copies G until then)
+
+    def __post_init__(self) -> None:
+        # YAML and JSON have lists, not tuples: every way in (Hydra, from_dict) lands here.
+        self.betas = tuple(self.betas)
 
 
 @dataclass
@@ -105,30 +123,56 @@ class TrainConfig:
     resume: str | None = None  # a run directory to continue from its latest checkpoint
 
 
+@dataclass
+class SampleConfig:
+    """sngan-sample's arguments."""
+
+    checkpoint: str = "???"  # a checkpoint file (ckpt_*.pt, latest.pt, best.pt)
+    n: int = 64  # number of images
+    out: str = "samples.png"  # a .png file for one grid, otherwise a directory of PNG files
+    ema: bool = True  # sample G_ema (false: the raw G)
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 500
+
+
+@dataclass
+class EvalConfig:
+    """sngan-eval's arguments."""
+
+    checkpoint: str = "???"  # a checkpoint file
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    data_root: str | None = None  # reference images' root (default: the run's data.root)
+    ema: bool = True  # evaluate G_ema (false: the raw G)
+    device: str = "auto"
+    seed: int = 0
+
+
+# -- checks ---------------------------------------------------------------------------------------
+
+
 def _check(ok: bool, key: str, value: Any, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not valid: {valid}")
 
 
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
+def _choice(key: str, value: str, options: Sequence[str]) -> None:
     _check(value in options, key, value, f"choose one of {', '.join(options)}")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject values that cannot work, naming the key; return ``cfg`` unchanged."""
     m, o, d, e = cfg.model, cfg.optim, cfg.data, cfg.metrics
-    _choice("model.name", m.name, MODEL_NAMES)
-    _choice("loss.name", cfg.loss.name, LOSS_NAMES)
-    _choice("data.source", d.source, DATA_SOURCES)
+    # The registries are the lists of valid names.
+    _choice("model.name", m.name, tuple(GENERATORS))
+    _choice("loss.name", cfg.loss.name, tuple(LOSSES))
+    _choice("data.source", d.source, SOURCES)
     _choice("optim.lr_decay", o.lr_decay, LR_DECAYS)
     _choice("metrics.protocol", e.protocol, PROTOCOLS)
     _choice("nan_policy", cfg.nan_policy, NAN_POLICIES)
     _choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
     for key, value in (
         ("model.z_dim", m.z_dim),
-        ("model.g_channels", m.g_channels),
-        ("model.d_channels", m.d_channels),
-        ("model.bottom_width", m.bottom_width),
         ("optim.n_dis", o.n_dis),
         ("optim.d_batch_size", o.d_batch_size),
         ("optim.g_batch_size", o.g_batch_size),
@@ -146,6 +190,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(
         m.num_classes >= 0, "model.num_classes", m.num_classes, "must be >= 0 (0: unconditional)"
     )
+    check_architecture(cfg)
     _check(
         cfg.threads is None or cfg.threads >= 1,
         "threads",
@@ -174,26 +219,147 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         d.root,
         "data.source=folder needs data.root=<a folder of class subfolders of images>",
     )
-    dev = cfg.device
-    _check(
-        dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-        "device",
-        dev,
-        "choose auto, cpu, cuda or cuda:N",
-    )
+    check_device_name(cfg.device)
     return cfg
 
 
-def config_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
-    """Every settable key of ``schema`` by its full name (``optim.n_dis``), in schema order."""
-    out = []
-    for f in dataclasses.fields(schema):
-        kind = typing.get_type_hints(schema)[f.name]
-        if dataclasses.is_dataclass(kind):
-            out += config_keys(kind, f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
+def check_architecture(cfg: TrainConfig) -> None:
+    """The networks can be built for the data: sizes, widths and labels agree."""
+    m, d = cfg.model, cfg.data
+    # Resolution comes from one place, data.image_size; each network supports some sizes.
+    sizes = SUPPORTED_SIZES[m.name]
+    _check(
+        d.image_size in sizes,
+        "data.image_size",
+        d.image_size,
+        f"model.name={m.name} is built for {', '.join(map(str, sizes))} pixels",
+    )
+    _check(
+        d.source != "cifar10" or d.image_size == CIFAR10_SIZE,
+        "data.image_size",
+        d.image_size,
+        f"CIFAR-10's images are {CIFAR10_SIZE}x{CIFAR10_SIZE} (data=stl10 or data=folder resize "
+        "images to other sizes)",
+    )
+    _check(
+        m.d_widths in D_WIDTH_CHOICES[m.name],
+        "model.d_widths",
+        m.d_widths,
+        f"choose {' or '.join(D_WIDTH_CHOICES[m.name])} for model.name={m.name}",
+    )
+    for key, net, width in (
+        ("model.g_channels", "G", m.g_channels),
+        ("model.d_channels", "D", m.d_channels),
+    ):
+        if width is None:
+            continue
+        _check(width >= 1, key, width, "must be an integer >= 1, or null for the published width")
+        error = width_error(m.name, d.image_size, net, width)
+        _check(
+            error is None,
+            key,
+            width,
+            f"{error} (model.name={m.name}, data.image_size={d.image_size})",
+        )
+    _choice("data.split", d.split, STL10_SPLITS)
+    # STL-10's unlabeled images carry the label -1, which no class embedding can take.
+    _check(
+        m.num_classes == 0 or d.source != "stl10",
+        "model.num_classes",
+        m.num_classes,
+        "data.source=stl10 has unlabeled images (label -1): a conditional model cannot train on it",
+    )
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill what the config leaves to be derived: null widths become the published ones for
+    the image size (so a checkpoint records the networks' real widths); returns ``cfg``."""
+    m = cfg.model
+    if m.name in SUPPORTED_SIZES and cfg.data.image_size in SUPPORTED_SIZES[m.name]:
+        g, d = default_widths(m.name, cfg.data.image_size)
+        m.g_channels = g if m.g_channels is None else m.g_channels
+        m.d_channels = d if m.d_channels is None else m.d_channels
+    return cfg
+
+
+def check_device_name(name: str) -> None:
+    """``name`` is auto, cpu, cuda or cuda:N (whether that device exists is sngan.build's check)."""
+    _check(
+        name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()),
+        "device",
+        name,
+        "choose auto, cpu, cuda or cuda:N",
+    )
+
+
+# -- conversions ----------------------------------------------------------------------------------
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """A plain, JSON-able nested dict (saved in checkpoints, which are loaded with weights_only)."""
+    out = dataclasses.asdict(cfg)
+    out["optim"]["betas"] = list(cfg.optim.betas)
     return out
+
+
+def from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``to_dict``, resolved and validated; an unknown key is a ConfigError."""
+    kwargs: dict[str, Any] = {}
+    sections = _sections(TrainConfig)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}'")
+        if key in sections:
+            names = {f.name for f in dataclasses.fields(sections[key])}
+            unknown = sorted(set(value) - names)
+            if unknown:
+                raise ConfigError(f"unknown config keys {[f'{key}.{u}' for u in unknown]}")
+            value = sections[key](**value)
+        kwargs[key] = value
+    return validate(resolve(TrainConfig(**kwargs)))
+
+
+def to_flat(cfg: TrainConfig) -> dict[str, Any]:
+    """Every key by its full name (``optim.n_dis``), in schema order, with plain values."""
+    out = {}
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{name}": v for name, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def from_flat(flat: dict[str, Any]) -> TrainConfig:
+    """Inverse of ``to_flat``, validated."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, _, name = key.rpartition(".")
+        target = nested.setdefault(section, {}) if section else nested
+        target[name] = value
+    return from_dict(nested)
+
+
+def config_keys() -> list[str]:
+    """Every settable key of the train config by its full name, in schema order."""
+    return list(to_flat(TrainConfig()))
+
+
+def override_value(value: Any) -> str:
+    """A value as it is written in an override (``null``, ``true``, ``[0.0,0.9]``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _sections(schema: type) -> dict[str, type]:
+    hints = typing.get_type_hints(schema)
+    return {name: kind for name, kind in hints.items() if dataclasses.is_dataclass(kind)}
 
 
 _KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
@@ -219,34 +385,111 @@ def expected_value(key: str) -> str | None:
     return _KINDS.get(kind, getattr(kind, "__name__", str(kind)))
 
 
-def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """A plain, JSON-able dict (saved in checkpoints, which are loaded with weights_only)."""
-    out = dataclasses.asdict(cfg)
-    out["optim"]["betas"] = list(cfg.optim.betas)
-    return out
+# -- composition ----------------------------------------------------------------------------------
 
 
-def from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Inverse of ``to_dict``; unknown keys raise ConfigError naming them."""
-    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    kwargs: dict[str, Any] = {}
-    groups = {
-        "model": ModelConfig,
-        "loss": LossConfig,
-        "data": DataConfig,
-        "optim": OptimConfig,
-        "metrics": MetricsConfig,
-    }
-    for key, value in data.items():
-        if key not in sections:
-            raise ConfigError(f"unknown config key '{key}'")
-        if key in groups:
-            names = {f.name for f in dataclasses.fields(groups[key])}
-            unknown = sorted(set(value) - names)
-            if unknown:
-                raise ConfigError(f"unknown config keys {[f'{key}.{u}' for u in unknown]}")
-            value = groups[key](**value)
-            if key == "optim":
-                value.betas = tuple(value.betas)
-        kwargs[key] = value
-    return TrainConfig(**kwargs)
+def register_with_hydra() -> None:
+    """Make configs/train.yaml composable: its schema in the ConfigStore, its resolvers."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # hydra.run.dir: a resumed run keeps writing into its own directory.
+    OmegaConf.register_new_resolver(
+        "or_else", lambda value, default: value or default, replace=True
+    )
+
+
+def compose(overrides: Sequence[str] = ()) -> TrainConfig:
+    """configs/train.yaml with ``overrides`` as a checked TrainConfig; ConfigError if it cannot be.
+
+    ``resume=<run>`` is kept as a key: ``sngan.resume.resumed_config`` turns it into the run's
+    own saved config.
+    """
+    return from_hydra(compose_hydra(overrides))
+
+
+def compose_hydra(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> Any:
+    """The composed Hydra DictConfig (unchecked values); Hydra's errors as one-line ConfigErrors."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    register_with_hydra()
+    overrides = list(overrides)
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+            return hydra_compose(
+                "train", overrides=overrides, return_hydra_config=return_hydra_config
+            )
+    except HydraException as e:
+        raise hydra_error(e, overrides) from e
+
+
+def from_hydra(dcfg: Any) -> TrainConfig:
+    """The checked TrainConfig of a composed Hydra config (its ``hydra`` node, if any, ignored)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(dcfg, resolve=True)
+    values.pop("hydra", None)
+    # Hydra adds "+key=value" keys to the config without checking them against the schema.
+    known = set(config_keys())
+    for key, value in values.items():
+        for name in [f"{key}.{n}" for n in value] if isinstance(value, dict) else [key]:
+            if name not in known:
+                raise unknown_key(name)
+    return from_dict(values)
+
+
+def unknown_key(key: str) -> ConfigError:
+    """An unknown key's error: the closest known key, and the keys that its section has."""
+    known = config_keys()
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    section, _, _ = key.rpartition(".")
+    if section and any(k.startswith(section + ".") for k in known):
+        names = [k[len(section) + 1 :] for k in known if k.startswith(section + ".")]
+        return ConfigError(f"unknown config key '{key}'{hint}: {section} has {', '.join(names)}")
+    groups = list(dict.fromkeys(k.split(".")[0] for k in known if "." in k))
+    top = [k for k in known if "." not in k]
+    return ConfigError(
+        f"unknown config key '{key}'{hint}: the config has the sections {', '.join(groups)} "
+        f"and the keys {', '.join(top)} (sngan-train --help shows them all)"
+    )
+
+
+def hydra_error(err: Exception, overrides: Sequence[str]) -> ConfigError:
+    """Hydra's composition errors as one line naming the key and what it takes."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return ConfigError(
+            f"{group}={name} is not valid: choose one of {', '.join(sorted(err.options))}"
+        )
+    if isinstance(err, OverrideParseException):
+        reason = str(err).splitlines()[0]
+        return ConfigError(f"cannot parse the override '{err.override}': {reason}")
+    key = getattr(cause, "full_key", None)
+    if isinstance(cause, (KeyError, AttributeError)) and key:  # ConfigKey/AttributeError
+        return unknown_key(key)
+    if key:
+        base = key.split("[")[0]
+        # "Error merging override optim.n_dis=abc"; else the last override of the key.
+        given = str(err).partition("Error merging override ")[2].strip() or next(
+            (o for o in reversed(overrides) if o.split("=", 1)[0].lstrip("+~") == base),
+            f"{base}=...",
+        )
+        expected = expected_value(key)
+        if expected is not None:
+            return ConfigError(f"{given} is not valid: must be {expected}")
+        keys = config_keys()
+        if any(k.startswith(base + ".") for k in keys):
+            example = next(k for k in keys if k.startswith(base + "."))
+            return ConfigError(
+                f"{given} is not valid: {base} is a section of the config, not a value; set "
+                f"its keys, e.g. {example}=..."
+            )
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return ConfigError("; ".join(lines))

@@ -25,14 +25,7 @@ TF32 and autocast switched off for the duration whatever the caller had set):
 - ``metrics/num_fake``, ``metrics/num_fake_is``, ``metrics/num_real``: the sample counts actually
   used (after ``num_samples`` overrides and after capping at the size of the reference set).
 
-Protocols (``protocol(name)``; IS is the same in both):
-
-========== ==================== ======================= ========================================
-name       FID generated        FID real                IS
-========== ==================== ======================= ========================================
-standard   50,000               the whole reference     10 splits of the same 50,000 images
-paper      5,000                first 10,000 reference  10 independent sets of 5,000 (50,000)
-========== ==================== ======================= ========================================
+Protocols (``sngan.protocols``): ``standard`` and ``paper``, IS the same in both.
 
 ``standard`` is what current PyTorch reproductions report (50k generated against the 50k CIFAR-10
 training images). ``paper`` follows appendix B.1 of Miyato et al. (2018) and the official Chainer
@@ -60,14 +53,12 @@ hub's checkpoint directory, or given as a file (``metrics.inception_weights=<fil
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import os
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -78,58 +69,12 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.generative_model_base import GenerativeModelBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-from sngan.config import MetricsConfig
-
-PROTOCOLS = ("standard", "paper")
+from sngan.protocols import protocol as get_protocol
 
 INCEPTION_URL = URL_INCEPTION_V3
 INCEPTION_FILE = os.path.basename(urlparse(URL_INCEPTION_V3).path)
 
 KID_SUBSET_SIZE = 1000
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """What a protocol means, recorded next to the numbers it produced."""
-
-    name: str
-    num_fake: int  # generated images for FID and KID
-    num_real: int | None  # reference images for FID and KID; None = the whole reference set
-    isc_splits: int = 10
-    num_fake_is: int | None = None  # generated images for IS; None = the same num_fake images
-
-
-_PROTOCOLS = {
-    "standard": Protocol("standard", num_fake=50_000, num_real=None),
-    "paper": Protocol("paper", num_fake=5_000, num_real=10_000, num_fake_is=50_000),
-}
-
-
-def protocol(name: str, num_samples: int | None = None) -> Protocol:
-    """The protocol called ``name``; ``num_samples`` replaces its number of generated images."""
-    if name not in _PROTOCOLS:
-        raise ValueError(f"unknown metrics protocol {name!r}; valid protocols are: {PROTOCOLS}")
-    spec = _PROTOCOLS[name]
-    if num_samples is not None:
-        # paper's IS is isc_splits independent sets of num_fake images each; keep that shape.
-        num_fake_is = None if spec.num_fake_is is None else num_samples * spec.isc_splits
-        spec = dataclasses.replace(spec, num_fake=num_samples, num_fake_is=num_fake_is)
-    if spec.num_fake < 2:
-        raise ValueError(f"FID needs at least 2 generated images, got num_samples={spec.num_fake}")
-    if _num_fake_is(spec) < spec.isc_splits:
-        raise ValueError(
-            f"the {name} protocol computes IS over {spec.isc_splits} splits, so it needs at least "
-            f"{spec.isc_splits} generated images, got num_samples={num_samples}"
-        )
-    return spec
-
-
-# evaluate()'s `protocol` argument shadows the function inside it.
-_protocol = protocol
-
-
-def _num_fake_is(spec: Protocol) -> int:
-    return spec.num_fake if spec.num_fake_is is None else spec.num_fake_is
 
 
 def fid_from_features(features_1: torch.Tensor, features_2: torch.Tensor) -> float:
@@ -163,7 +108,7 @@ def evaluate(
     up in, or downloaded to, torch hub's checkpoint directory. Samples are generated on ``device``
     (CUDA when available), where Inception also runs.
     """
-    spec = _protocol(protocol, num_samples)
+    spec = get_protocol(protocol, num_samples)
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if reference.dtype != torch.uint8 or reference.dim() != 4 or reference.shape[1] != 3:
@@ -187,7 +132,7 @@ def evaluate(
     weights = inception_weights_file(inception_weights)  # fail before any generation
     real = reference[:num_real].cpu().contiguous()
     cache_name = "-".join(
-        [_slug(reference_name), f"n{num_real}", _tensor_digest(real), f"w{_file_digest(weights)}"]
+        [_slug(reference_name), f"n{num_real}", tensor_digest(real), f"w{_file_digest(weights)}"]
     )
     options = dict(
         input2=_ImageDataset(real),
@@ -209,11 +154,11 @@ def evaluate(
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
         G.eval().to(device)
-        with on_device, _full_precision(device):
+        with on_device, full_precision(device):
             if spec.num_fake_is is None:
                 # One pass of Inception over the generated images serves IS, FID and KID.
                 out = torch_fidelity.calculate_metrics(
-                    input1=_Samples(G, seed, device),
+                    input1=Samples(G, seed, device),
                     input1_model_num_samples=spec.num_fake,
                     isc=True,
                     isc_splits=spec.isc_splits,
@@ -224,14 +169,14 @@ def evaluate(
                 )
             else:
                 out = torch_fidelity.calculate_metrics(
-                    input1=_Samples(G, seed, device),
+                    input1=Samples(G, seed, device),
                     input1_model_num_samples=spec.num_fake_is,
                     isc=True,
                     isc_splits=spec.isc_splits,
                     **{k: v for k, v in options.items() if not k.startswith("input2")},
                 )
                 out |= torch_fidelity.calculate_metrics(
-                    input1=_Samples(G, seed, device),
+                    input1=Samples(G, seed, device),
                     input1_model_num_samples=spec.num_fake,
                     fid=True,
                     kid=kid,
@@ -253,13 +198,13 @@ def evaluate(
         result["metrics/kid"] = out[torch_fidelity.KEY_METRIC_KID_MEAN]
     result |= {
         "metrics/num_fake": spec.num_fake,
-        "metrics/num_fake_is": _num_fake_is(spec),
+        "metrics/num_fake_is": spec.num_fake_for_is,
         "metrics/num_real": num_real,
     }
     return {k: float(v) for k, v in result.items()}
 
 
-class _Samples(GenerativeModelBase):
+class Samples(GenerativeModelBase):
     """G as torch-fidelity's generative model: noise (and labels) in, uint8 images out."""
 
     def __init__(self, G: torch.nn.Module, seed: int, device: torch.device) -> None:
@@ -312,7 +257,7 @@ def _default_device() -> str:
 
 
 @contextlib.contextmanager
-def _full_precision(device: torch.device) -> Iterator[None]:
+def full_precision(device: torch.device) -> Iterator[None]:
     """Plain FP32 inside, whatever autocast or TF32 the caller (e.g. the training loop) enabled.
 
     TF32 convolutions (PyTorch's default on Ampere and later) move Inception's features, and so
@@ -366,7 +311,7 @@ def _slug(name: str) -> str:
     return slug
 
 
-def _tensor_digest(images: torch.Tensor) -> str:
+def tensor_digest(images: torch.Tensor) -> str:
     return hashlib.blake2b(images.numpy().data, digest_size=6).hexdigest()
 
 
@@ -382,28 +327,3 @@ def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(functools.partial(f.read, 1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:8]
-
-
-def evaluate_with(
-    G: torch.nn.Module,
-    reference: torch.Tensor,
-    settings: MetricsConfig,
-    *,
-    reference_name: str,
-    device: torch.device | str | None,
-    seed: int,
-) -> dict[str, float]:
-    """``evaluate`` with the settings of a ``metrics`` config section (training and sngan-eval)."""
-    return evaluate(
-        G,
-        reference,
-        reference_name=reference_name,
-        protocol=settings.protocol,
-        num_samples=settings.num_samples,
-        batch_size=settings.batch_size,
-        kid=settings.kid,
-        inception_weights=settings.inception_weights,
-        cache_dir=settings.cache_dir,
-        device=device,
-        seed=seed,
-    )

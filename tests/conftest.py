@@ -84,6 +84,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoded-image caches (and torch hub) go to the session's temporary directory, never to
+    the user's ~/.cache; subprocesses inherit it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
@@ -118,16 +127,9 @@ TINY = [
 
 def compose_config(*overrides: str, tiny: bool = True):
     """The real Hydra config (configs/train.yaml) composed with overrides, as a TrainConfig."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from sngan.config import compose
 
-    from sngan.cli import CONFIG_DIR
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        dcfg = compose("train", overrides=[*(TINY if tiny else []), *overrides])
-    cfg = OmegaConf.to_object(dcfg)
-    cfg.optim.betas = tuple(cfg.optim.betas)
-    return cfg
+    return compose([*(TINY if tiny else []), *overrides])
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def test_readme_python_example_imports_torch_spectral_norm_weights(tmp_path, mon
 
     (example,) = code_blocks(README, "python")
     G, D = build_models(
-        "resnet", z_dim=128, g_channels=256, d_channels=128, bottom_width=4, num_classes=0
+        "resnet", image_size=32, z_dim=128, g_channels=256, d_channels=128, num_classes=0
     )
     theirs = _as_torch_parametrizations(D.state_dict())
     assert any(".parametrizations.weight.original" in k for k in theirs)

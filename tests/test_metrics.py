@@ -24,7 +24,7 @@ from inception_fixture import write_random_inception_weights
 from PIL import Image
 from torch import nn
 
-from sngan import metrics
+from sngan import metrics, protocols
 from sngan.data import load_images
 
 NUM_REAL = 10
@@ -140,12 +140,12 @@ def offline(monkeypatch: pytest.MonkeyPatch, hub: Path) -> list[str]:
 
 
 def test_protocols_are_the_papers_and_todays():
-    assert metrics.PROTOCOLS == ("standard", "paper")
-    standard = metrics.protocol("standard")
+    assert protocols.PROTOCOLS == ("standard", "paper")
+    standard = protocols.protocol("standard")
     assert (standard.num_fake, standard.num_real, standard.isc_splits) == (50_000, None, 10)
     assert standard.num_fake_is is None  # IS on the same 50,000 images
     # Appendix B.1: FID of 5,000 generated vs 10,000 real; IS over 10 sets of 5,000 generated.
-    paper = metrics.protocol("paper")
+    paper = protocols.protocol("paper")
     assert (paper.num_fake, paper.num_real, paper.isc_splits, paper.num_fake_is) == (
         5_000,
         10_000,
@@ -153,18 +153,18 @@ def test_protocols_are_the_papers_and_todays():
         50_000,
     )
 
-    assert metrics.protocol("standard", num_samples=20).num_fake == 20
-    smoke = metrics.protocol("paper", num_samples=20)
+    assert protocols.protocol("standard", num_samples=20).num_fake == 20
+    smoke = protocols.protocol("paper", num_samples=20)
     assert (smoke.num_fake, smoke.num_fake_is, smoke.num_real) == (20, 200, 10_000)
 
 
 def test_protocol_errors():
     with pytest.raises(ValueError, match=r"'fid50k'.*standard.*paper"):
-        metrics.protocol("fid50k")
+        protocols.protocol("fid50k")
     with pytest.raises(ValueError, match="10 splits"):
-        metrics.protocol("standard", num_samples=5)
+        protocols.protocol("standard", num_samples=5)
     with pytest.raises(ValueError, match="at least 2"):
-        metrics.protocol("paper", num_samples=1)
+        protocols.protocol("paper", num_samples=1)
 
 
 def test_fid_of_images_is_zero_against_themselves_and_large_against_a_brighter_copy(cifar10_root):

@@ -22,11 +22,14 @@ import pytest
 import torch
 from conftest import TINY, read_events
 
-import sngan.train
+import sngan.build
 from sngan import checkpoint
 from sngan.cli import train_main
+from sngan.config import ConfigError
+from sngan.guard import NonFiniteError
+from sngan.runlog import truncate_metrics
 from sngan.spectral_norm import sigmas
-from sngan.train import NonFiniteError, train
+from sngan.train import train
 
 # sngan-train with sngan.metrics stubbed; ``python -c`` passes the remaining arguments on.
 LAUNCHER = """
@@ -287,7 +290,7 @@ def test_disk_full_through_the_cli(tmp_path, monkeypatch, capsys):
 
 def poison_power_iteration(monkeypatch, at_forward: int) -> list[str]:
     """Make D's first layer's u and sigma NaN in its ``at_forward``-th training forward."""
-    build, names = sngan.train.build_networks, []
+    build, names = sngan.build.build_networks, []
 
     def build_networks(cfg):
         G, D = build(cfg)
@@ -305,7 +308,7 @@ def poison_power_iteration(monkeypatch, at_forward: int) -> list[str]:
         layer._sn_power_iteration = poisoned
         return G, D
 
-    monkeypatch.setattr(sngan.train, "build_networks", build_networks)
+    monkeypatch.setattr(sngan.build, "build_networks", build_networks)
     return names
 
 
@@ -336,7 +339,7 @@ def test_nan_in_a_sigma_stops_and_saves_the_state_before_that_update(
 
 
 def inf_in_g_loss(monkeypatch, at_call: int) -> None:
-    get_loss = sngan.train.get_loss
+    get_loss = sngan.build.get_loss
 
     def patched(name):
         d_loss, g_loss = get_loss(name)
@@ -349,7 +352,7 @@ def inf_in_g_loss(monkeypatch, at_call: int) -> None:
 
         return d_loss, g_loss_inf
 
-    monkeypatch.setattr(sngan.train, "get_loss", patched)
+    monkeypatch.setattr(sngan.build, "get_loss", patched)
 
 
 @CHECKS
@@ -411,7 +414,7 @@ def test_resume_uses_the_newest_snapshot_when_latest_lags(tmp_path, tiny_config)
 def test_a_new_run_never_overwrites_a_runs_checkpoints(tmp_path, tiny_config):
     train(tiny_config("iterations=2"), tmp_path)
     before = (tmp_path / "checkpoints" / "latest.pt").read_bytes()
-    with pytest.raises(sngan.train.ConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         train(tiny_config("iterations=2"), tmp_path)
     assert str(err.value) == (
         f"{tmp_path} already holds the checkpoints of a run ({tmp_path}/checkpoints/latest.pt); "
@@ -424,5 +427,5 @@ def test_a_new_run_never_overwrites_a_runs_checkpoints(tmp_path, tiny_config):
 def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iteration": 2, "metrics/fid": 1.0}\n{"iteration": 4, "metr')
-    sngan.train._truncate_jsonl(path, 4)
+    truncate_metrics(path, 4)
     assert path.read_text() == '{"iteration": 2, "metrics/fid": 1.0}\n'

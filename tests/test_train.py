@@ -11,18 +11,11 @@ import torch
 from conftest import read_events, scalars
 
 from sngan import checkpoint
+from sngan.build import FastPaths, build_networks, build_train_state, training_images
 from sngan.config import ConfigError
 from sngan.losses import get_loss
 from sngan.spectral_norm import _SpectralNormMixin, sigmas
-from sngan.train import (
-    FastPaths,
-    build_networks,
-    build_step,
-    d_step,
-    generator_iteration,
-    load_training_images,
-    train,
-)
+from sngan.train import d_step, generator_iteration, train
 
 
 def images(run_dir) -> list[str]:
@@ -228,13 +221,9 @@ def test_with_fused_adam_an_iteration_reads_no_tensor_on_the_host(tiny_config, m
     """The CPU stand-in for the GPU test below: with fused Adam, no Python code in the
     iteration turns a tensor into a Python value (each such call waits for a GPU)."""
     cfg = tiny_config("fused_adam=true", "data.num_images=512")
-    images, labels = load_training_images(cfg)
-    step = build_step(cfg, images, labels, torch.device("cpu"))
-
-    def check_factory(it, phase, net):
-        return lambda loss: not step.guard.check(it, phase, loss, net)
-
-    generator_iteration(step, 0, check_factory)
+    images, labels = training_images(cfg)
+    step = build_train_state(cfg, images, labels, torch.device("cpu"))
+    generator_iteration(step, 0)
     reads = []
     for method in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
         original = getattr(torch.Tensor, method)
@@ -245,7 +234,7 @@ def test_with_fused_adam_an_iteration_reads_no_tensor_on_the_host(tiny_config, m
 
         monkeypatch.setattr(torch.Tensor, method, spy)
     for it in range(1, 4):
-        generator_iteration(step, it, check_factory)
+        generator_iteration(step, it)
     monkeypatch.undo()
     assert reads == []
     assert step.guard.report() is None  # and reading back afterwards still works
@@ -258,20 +247,17 @@ def test_generator_iterations_do_not_wait_for_the_gpu(tiny_config, overrides):
     check stays on the device) torch raises at the first synchronising call."""
     cfg = tiny_config("device=cuda", "data.num_images=512", *overrides)
     device = torch.device("cuda")
-    images, labels = load_training_images(cfg)
-    step = build_step(cfg, images, labels, device)
+    images, labels = training_images(cfg)
+    step = build_train_state(cfg, images, labels, device)
     assert step.guard.on_device
 
-    def check_factory(it, phase, net):
-        return lambda loss: not step.guard.check(it, phase, loss, net)
-
     for it in range(2):  # compilation and cuDNN autotuning may synchronise
-        generator_iteration(step, it, check_factory)
+        generator_iteration(step, it)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for it in range(2, 8):  # 8 x 2 D steps x 8 images: no new epoch (randperm may sync)
-            generator_iteration(step, it, check_factory)
+            generator_iteration(step, it)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert step.guard.report() is None

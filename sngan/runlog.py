@@ -1,0 +1,126 @@
+"""What a run leaves to read: TensorBoard events, sample grids, metrics.jsonl, hyper-parameters.
+
+Only rank 0 writes (``enabled=False`` elsewhere makes every method a no-op). A resume from the
+checkpoint of iteration ``start`` drops what was logged after it: TensorBoard purges later
+steps, and ``metrics.jsonl`` loses its later records, so the logs continue without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+
+from sngan.config import TrainConfig, to_flat
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunLog:
+    """The logs of one run directory, from iteration ``start`` on; a context manager."""
+
+    def __init__(self, run_dir: Path, start: int = 0, enabled: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.writer: SummaryWriter | None = None
+        if not enabled:
+            return
+        truncate_metrics(self.run_dir / METRICS_FILE, start)
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        # purge_step also drops the events of an earlier attempt in this directory that was
+        # killed before its first checkpoint.
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start + 1)
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()  # on an error too: the curves up to it stay readable
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(prefix + key, value, step)
+
+    def sample_grids(
+        self, generators: dict[str, nn.Module], z: torch.Tensor, y: torch.Tensor | None, step: int
+    ) -> None:
+        """An 8-wide grid of each G(z, y), to TensorBoard and samples/<name>_<step>.png."""
+        if self.writer is None:
+            return
+        for name, G in generators.items():
+            grid = sample_grid(G, z, y)
+            self.writer.add_image(f"samples/{name}", grid, step)
+            torchvision.utils.save_image(grid, self.run_dir / "samples" / f"{name}_{step:07d}.png")
+
+    def metrics(self, record: dict[str, Any], step: int) -> None:
+        """One evaluation: its numbers to TensorBoard, the whole record to metrics.jsonl."""
+        if self.writer is None:
+            return
+        self.scalars({k: v for k, v in record.items() if k.startswith(("metrics/", "perf/"))}, step)
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps({"iteration": step, **record}) + "\n")
+
+    def hparams(self, cfg: TrainConfig, final: dict[str, float], step: int) -> None:
+        """The config next to the final losses and metrics, for TensorBoard's HPARAMS tab."""
+        if self.writer is not None:
+            self.writer.add_hparams(
+                hparams(cfg),
+                {f"hparam/{k}": v for k, v in final.items()},
+                run_name="hparams",
+                global_step=step,
+            )
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def sample_grid(G: nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """A (3, H', W') image grid of G(z) in [0, 1], 8 images wide, drawn in eval mode."""
+    was_training = G.training
+    G.eval()
+    images = G(z, y).float()
+    G.train(was_training)
+    return torchvision.utils.make_grid(images, nrow=8, normalize=True, value_range=(-1, 1))
+
+
+def hparams(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as TensorBoard's hparams take it: flat keys, scalar or string values."""
+    out = {}
+    for key, value in to_flat(cfg).items():
+        if isinstance(value, list):
+            value = str(value)
+        out[key] = "null" if value is None else value
+    return out
+
+
+def _record_iteration(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
+        return None
+
+
+def truncate_metrics(path: Path, last_iteration: int) -> None:
+    """Drop records past ``last_iteration`` (written after the checkpoint a resume starts from)."""
+    if not path.exists():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if (i := _record_iteration(line)) is not None and i <= last_iteration
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
