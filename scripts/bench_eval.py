@@ -1,10 +1,11 @@
 """Time one evaluation (IS and FID of 50,000 generated images) with sngan's own metrics code.
 
-What is timed is ``sngan.metrics.evaluate_with``, the call training and ``sngan-eval`` make, on
-the paper's ResNet generator (``build_models`` with the default config values; random weights,
-which do not change the time) as ``G_ema`` in eval mode, against synthetic uint8 reference
-images of CIFAR-10's shape (``load_images("synthetic")``, 50,000 by default: the ``standard``
-protocol compares 50,000 generated images with the whole training set). Four stages:
+What is timed is ``sngan.evaluation.evaluate``, the call training and ``sngan-eval`` make, on
+the paper's ResNet generator (``sngan.build.build_networks`` of the default config; random
+weights, which do not change the time) as ``G_ema`` in eval mode, against synthetic uint8
+reference images of CIFAR-10's shape (``data.source=synthetic``, 50,000 by default: the
+``standard`` protocol compares 50,000 generated images with the whole training set). Four
+stages:
 
 (a) generation alone: ``num_samples`` uint8 images drawn exactly as the metrics draw them
     (torch-fidelity's noise, ``metrics.batch_size`` per batch, G_ema in eval mode, FP32);
@@ -19,9 +20,9 @@ protocol compares 50,000 generated images with the whole training set). Four sta
 Stages (b) and (c) are also broken down by wrapping, with timers only, the torch-fidelity
 functions they call (Inception set-up, features of generated and of reference images, cache
 reads and writes, IS, FID statistics, FID square root); each part is its exclusive time.
-Memory per stage: peak CUDA memory allocated (``torch.cuda.max_memory_allocated``, reset at the
-start of the stage) on CUDA, and the process's peak resident set (VmHWM, reset through
-/proc/self/clear_refs) on every device.
+Memory per stage (``sngan.benchmarking.PeakMemory``): peak CUDA memory allocated
+(``torch.cuda.max_memory_allocated``, reset at the start of the stage) on CUDA, and the
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs) on every device.
 
 Without ``--inception-weights`` the Inception weights are random values in the real file's
 format (``tests/inception_fixture.py``; the same network and the same time, meaningless
@@ -64,8 +65,6 @@ import copy
 import functools
 import gc
 import importlib.metadata
-import importlib.util
-import json
 import shutil
 import statistics
 import tempfile
@@ -82,19 +81,32 @@ import torch_fidelity
 import torch_fidelity.metric_fid
 import torch_fidelity.metrics
 import torch_fidelity.utils
-from bench_spectral_norm import load_average, machine, synchronize
 from torch.utils.flop_counter import FlopCounterMode
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import NOISE_SOURCE_REGISTRY
 
-from sngan import metrics
-from sngan.config import DataConfig, MetricsConfig, ModelConfig, TrainConfig
-from sngan.data import load_images
-from sngan.models import build_models
-from sngan.train import FastPaths, reference_name, resolve_device
+from sngan import evaluation, metrics
+from sngan.benchmarking import (
+    PeakMemory,
+    load_average,
+    machine,
+    machine_line,
+    random_inception_weights,
+    synchronize,
+    timed,
+    write_json,
+)
+from sngan.build import (
+    FastPaths,
+    build_networks,
+    configure_backends,
+    resolve_device,
+    training_images,
+)
+from sngan.config import DataConfig, MetricsConfig, TrainConfig, validate
+from sngan.protocols import protocol
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # Issue 5: generation + Inception + IS + FID of 50,000 samples, reference cached, on one H200.
 TARGET_S = 60.0
 TARGET_NUM_SAMPLES = 50_000
@@ -106,7 +118,7 @@ QUICK = {"num_samples": 50, "num_real": 50, "batch_size": 20, "sqrt_repeats": 1}
 # The torch-fidelity 0.4 functions an evaluation goes through: (module, name, part). Each is
 # wrapped with a timer, nothing else; a part's time excludes the parts it calls.
 PARTS = (
-    (metrics, "_tensor_digest", "reference_hash"),  # blake2b of the reference pixels (cache key)
+    (metrics, "tensor_digest", "reference_hash"),  # blake2b of the reference pixels (cache key)
     (torch_fidelity.metrics, "create_feature_extractor", "inception_setup"),  # build, load, move
     (torch_fidelity.utils, "get_featuresdict_from_generative_model", "generated_features"),
     (torch_fidelity.utils, "get_featuresdict_from_dataset", "reference_features"),
@@ -158,64 +170,10 @@ class Parts:
             yield missing
 
 
-class Memory:
-    """Peak memory of a stage: CUDA memory allocated (on CUDA) and the process's resident set.
-
-    The resident-set peak is VmHWM after resetting it to the current VmRSS through
-    /proc/self/clear_refs (Linux); None where that is not possible.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.rss_reset = False
-        self.start: dict[str, float | None] = {}
-
-    def begin(self) -> None:
-        gc.collect()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-            self.rss_reset = True
-        except OSError:
-            self.rss_reset = False
-        self.start = {"rss_start_mib": _status_mib("VmRSS")}
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start["gpu_start_allocated_mib"] = torch.cuda.memory_allocated(self.device) / 2**20
-
-    def end(self) -> dict[str, float | None]:
-        out = dict(self.start)
-        out["rss_peak_mib"] = _status_mib("VmHWM") if self.rss_reset else None
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            out["gpu_peak_allocated_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            out["gpu_peak_reserved_mib"] = torch.cuda.max_memory_reserved(self.device) / 2**20
-        return out
-
-
-def _status_mib(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def random_inception_weights(path: Path) -> Path:
-    """tests/inception_fixture.py's random Inception weights file, written to ``path``."""
-    fixture = REPO_ROOT / "tests" / "inception_fixture.py"
-    spec = importlib.util.spec_from_file_location("inception_fixture", fixture)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_random_inception_weights(path)
-
-
-def build_g_ema(seed: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    """The default ResNet G, placed as train() places it, copied into an eval-mode G_ema."""
-    torch.manual_seed(seed)
-    G, _ = build_models(**asdict(ModelConfig()))
+def build_g_ema(cfg: TrainConfig, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """``cfg``'s G, placed as train() places it, copied into an eval-mode G_ema."""
+    torch.manual_seed(cfg.seed)
+    G, _ = build_networks(cfg)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     G.to(device, memory_format=memory_format)
     return copy.deepcopy(G).eval().requires_grad_(False)
@@ -248,14 +206,14 @@ def generate(
     """Draw ``num_samples`` uint8 images as evaluate() does, and drop them; returns the count.
 
     The loop is torch-fidelity's (get_featuresdict_from_generative_model) without Inception:
-    its noise source seeded with ``seed``, batches of ``batch_size``, sngan's own _Samples.
+    its noise source seeded with ``seed``, batches of ``batch_size``, sngan's own Samples.
     """
-    samples = metrics._Samples(G_ema, seed, device)
+    samples = metrics.Samples(G_ema, seed, device)
     rng = np.random.RandomState(seed)
     batch_size = min(batch_size, num_samples)
     made = 0
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with on_device, metrics._full_precision(device), torch.no_grad():
+    with on_device, metrics.full_precision(device), torch.no_grad():
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             z = NOISE_SOURCE_REGISTRY[samples.z_type](rng, (n, samples.z_size))
@@ -266,14 +224,10 @@ def generate(
 
 def timed_stage(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     """Run ``fn`` once; its result, and its seconds and memory."""
-    meter = Memory(device)
-    meter.begin()
-    synchronize(device)
-    t0 = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    seconds = time.perf_counter() - t0
-    return result, {"seconds": seconds, **meter.end()}
+    memory = PeakMemory(device)
+    memory.begin()
+    result, seconds = timed(fn, device)
+    return result, {"seconds": seconds, **memory.end()}
 
 
 def evaluation_stage(device: torch.device, fn: Callable[[], dict[str, float]]) -> dict[str, Any]:
@@ -467,13 +421,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if on_cuda else 1)
-    default_layout = FastPaths.resolve(TrainConfig(), device).channels_last
-    channels_last = default_layout if args.channels_last is None else args.channels_last
+    # As train() sets them (evaluate() itself turns TF32 off while it runs), bar --cudnn-benchmark.
+    configure_backends(device)
     if on_cuda:
-        # As train() sets them; evaluate() itself turns TF32 off while it runs.
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     work = Path(tempfile.mkdtemp(prefix="sngan-bench-eval-"))
     cache_dir = args.cache_dir or work / "fidelity_cache"
@@ -483,30 +434,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         weights = args.inception_weights
         if weights is None:
             weights = random_inception_weights(work / "inception-random.pth")
-        settings = MetricsConfig(
-            protocol="standard",
-            num_samples=args.num_samples,
-            batch_size=args.batch_size,
-            inception_weights=str(weights),
-            cache_dir=str(cache_dir),
+        # The default config but for its data (synthetic) and evaluation settings.
+        cfg = validate(
+            TrainConfig(
+                data=DataConfig(source="synthetic", num_images=args.num_real),
+                metrics=MetricsConfig(
+                    protocol="standard",
+                    num_samples=args.num_samples,
+                    batch_size=args.batch_size,
+                    inception_weights=str(weights),
+                    cache_dir=str(cache_dir),
+                ),
+                seed=args.seed,
+            )
         )
-        metrics.protocol(settings.protocol, settings.num_samples)  # fail before any work
+        settings = cfg.metrics
+        protocol(settings.protocol, settings.num_samples)  # fail before any work
         # The reference as training holds it: the data config's images, on the CPU.
-        cfg = TrainConfig(data=DataConfig(source="synthetic", num_images=args.num_real))
-        cfg.seed = args.seed
-        reference, _ = load_images("synthetic", num_images=args.num_real, seed=cfg.seed)
-        G_ema = build_g_ema(args.seed, device, channels_last)
+        reference, _ = training_images(cfg)
+        default_layout = FastPaths.resolve(cfg, device).channels_last
+        channels_last = default_layout if args.channels_last is None else args.channels_last
+        G_ema = build_g_ema(cfg, device, channels_last)
 
         info = machine(device) | versions(device)
         print(
-            f"{info['device_name']} | {info['cpu_count']} CPUs, {torch.get_num_threads()} torch "
-            f"threads | torch {info['torch']}, torch-fidelity {info['torch_fidelity']} | "
+            f"{machine_line(info)}, torch-fidelity {info['torch_fidelity']} | "
             f"{args.num_samples} samples vs {args.num_real} real, batch {args.batch_size}"
             f"{' | QUICK (not a measurement)' if args.quick else ''}"
         )
         print(f"torch-fidelity cache: {cache_dir}; Inception weights: {weights}")
         t_start = time.perf_counter()
-        gflops = count_gflops(G_ema, Path(weights), ModelConfig().z_dim, 32)
+        gflops = count_gflops(G_ema, Path(weights), cfg.model.z_dim, cfg.data.image_size)
 
         # Untimed: CUDA context, cuDNN's choice of G's kernels, oneDNN's primitives.
         warm_s = timed_stage(
@@ -514,11 +472,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )[1]["seconds"]
 
         def evaluate() -> dict[str, float]:
-            return metrics.evaluate_with(
+            return evaluation.evaluate(
                 G_ema,
                 reference,
                 settings,
-                reference_name=reference_name(cfg),
+                reference_name=evaluation.reference_name(cfg),
                 device=device,
                 seed=cfg.seed,
             )
@@ -576,9 +534,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "threads": torch.get_num_threads(),
                 "cudnn_benchmark": torch.backends.cudnn.benchmark,
                 "channels_last": channels_last,
-                "model": asdict(ModelConfig()),
+                "model": asdict(cfg.model),
                 "reference": f"load_images('synthetic', num_images={args.num_real})",
-                "reference_name": reference_name(cfg),
+                "reference_name": evaluation.reference_name(cfg),
                 "inception_weights": str(args.inception_weights or "random (inception_fixture)"),
                 "cache_dir": str(cache_dir),
                 "cache_kept": bool(args.keep_cache or args.cache_dir),
@@ -592,9 +550,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         print_report(out)
         if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(out, indent=2) + "\n")
-            print(f"wrote {args.json}")
+            write_json(args.json, out)
         return out
     finally:
         if not args.keep_cache:

@@ -19,144 +19,30 @@ Targets (issue): ``ours`` within 5 % of ``none`` and no slower than ``torch``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
-import statistics
-import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
+from sngan.benchmarking import (
+    SN_VARIANTS,
+    in_ms,
+    interleaved_times,
+    load_average,
+    machine,
+    machine_line,
+    paired_ratios,
+    summary,
+    swap_spectral_norm,
+    write_json,
+)
+from sngan.build import configure_backends, resolve_device
 from sngan.models import DISCRIMINATORS
-from sngan.spectral_norm import is_spectral_normalized, remove_spectral_norm
 
-VARIANTS = ("none", "ours", "torch")
 ARCHITECTURES = ("dcgan", "resnet")
 # The issue's targets, as upper bounds on the paired time ratios.
 TARGETS = {"ours/none": 1.05, "ours/torch": 1.00}
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def machine(device: torch.device) -> dict[str, object]:
-    """What the figures were measured on: device name, CPU, cores, threads, torch version."""
-    info: dict[str, object] = {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
-    info["load_average_at_start"] = load_average()
-    return info
-
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: how busy the machine was (None where unknown)."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda if available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def swap_spectral_norm(model: nn.Module, variant: str) -> nn.Module:
-    """Replace sngan's spectral norm in ``model`` by none or torch's, in place; returns ``model``.
-
-    ``variant``: ``ours`` leaves the model as built; ``none`` bakes each ``W / sigma`` into a
-    plain weight; ``torch`` then applies ``torch.nn.utils.parametrizations.spectral_norm`` to
-    the same layers (one power iteration per training forward, as ours).
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    if variant == "ours":
-        return model
-    layers = [m for m in model.modules() if is_spectral_normalized(m)]
-    for layer in layers:
-        remove_spectral_norm(layer)
-        if variant == "torch":
-            parametrizations.spectral_norm(layer)
-    return model
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles, min and max of ``values``."""
-    ordered = sorted(values)
-    if len(ordered) > 1:
-        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
-    else:
-        q1 = q3 = ordered[0]
-    return {
-        "median": statistics.median(ordered),
-        "q1": q1,
-        "q3": q3,
-        "min": ordered[0],
-        "max": ordered[-1],
-        "n": len(ordered),
-    }
-
-
-def interleaved_times(
-    calls: dict[str, Callable[[], None]],
-    *,
-    device: torch.device,
-    warmup: int,
-    repeats: int,
-    number: int,
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, one list entry per round, rounds interleaved.
-
-    Round r times ``number`` calls of each function in turn, starting at a different one
-    each round (A B C, B C A, ...), so slow drift and contention land on all of them.
-    """
-    names = list(calls)
-    for _ in range(warmup):
-        for name in names:
-            calls[name]()
-    synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = calls[name]
-            synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            synchronize(device)
-            times[name].append((time.perf_counter() - t0) / number)
-    return times
-
-
-def paired_ratios(times: dict[str, list[float]], a: str, b: str) -> list[float]:
-    """Round-by-round ratios ``times[a] / times[b]`` (each pair measured in the same round)."""
-    return [ta / tb for ta, tb in zip(times[a], times[b], strict=True)]
 
 
 def build_discriminator(arch: str, variant: str, device: torch.device) -> nn.Module:
@@ -179,14 +65,11 @@ def bench_architecture(
 ) -> dict[str, object]:
     """Time the three variants of ``arch`` side by side; medians in ms and paired ratios."""
     x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
-    calls = {v: forward_backward(build_discriminator(arch, v, device), x) for v in VARIANTS}
+    calls = {v: forward_backward(build_discriminator(arch, v, device), x) for v in SN_VARIANTS}
     times = interleaved_times(calls, device=device, warmup=warmup, repeats=repeats, number=number)
     ratios = {key: summary(paired_ratios(times, *key.split("/"))) for key in TARGETS}
     return {
-        "ms": {
-            v: {k: 1e3 * t if k != "n" else t for k, t in summary(times[v]).items()}
-            for v in VARIANTS
-        },
+        "ms": {v: in_ms(summary(times[v])) for v in SN_VARIANTS},
         "ratio": ratios,
         "target_met": {key: ratios[key]["median"] <= bound for key, bound in TARGETS.items()},
         "raw_s": times,
@@ -197,7 +80,7 @@ def print_table(results: dict[str, dict], batch_size: int) -> None:
     print(f"\nforward+backward at batch {batch_size}, 32x32 (median of rounds; ms)")
     print(f"{'D':<8}{'none':>10}{'ours':>10}{'torch':>10}{'ours/none':>28}{'ours/torch':>28}")
     for arch, r in results.items():
-        ms = [f"{r['ms'][v]['median']:10.2f}" for v in VARIANTS]
+        ms = [f"{r['ms'][v]['median']:10.2f}" for v in SN_VARIANTS]
         cells = []
         for key, bound in TARGETS.items():
             q = r["ratio"][key]
@@ -248,18 +131,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     unknown = sorted(set(archs) - set(ARCHITECTURES))
     if unknown:
         p.error(f"unknown --archs {unknown}; choose from {', '.join(ARCHITECTURES)}")
-    if on_cuda:
-        # As sngan.train does on CUDA.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(device)  # as training runs
 
     info = machine(device)
-    print(
-        f"{info['device_name']} | {info['cpu_count']} CPUs, {info['torch_threads']} torch "
-        f"threads | torch {info['torch']} | repeats {repeats} x {number} call(s), "
-        f"warm-up {warmup}"
-    )
+    print(f"{machine_line(info)} | repeats {repeats} x {number} call(s), warm-up {warmup}")
     results = {
         arch: bench_architecture(
             arch,
@@ -282,15 +157,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             "repeats": repeats,
             "number": number,
             "warmup": warmup,
-            "variants": list(VARIANTS),
+            "variants": list(SN_VARIANTS),
             "targets": TARGETS,
         },
         "results": results,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, out)
     return out
 
 

@@ -1,14 +1,15 @@
 """Time sngan's generator iterations against a plain PyTorch reference, side by side.
 
 One generator iteration is what ``sngan.train.train`` runs per iteration, by the same code:
-``build_step`` sets up the networks, optimisers, schedules, ``BatchStream``, autocast,
-``torch.compile`` and memory format from the real config presets
+``sngan.build.build_train_state`` sets up the networks, optimisers, schedules,
+``BatchStream``, autocast, ``torch.compile`` and memory format from the real config presets
 (``experiment=sngan_resnet``: n_dis 5, D batch 64 real + 64 fake, G batch 128;
 ``experiment=sngan_dcgan``, the paper's setting C: n_dis 1, batch 64/64), and
-``generator_iteration`` runs the ``n_dis`` D steps, the G step (each behind train()'s NaN/inf
-check), the EMA of G and the schedules, on synthetic images (CIFAR-10's shape; the values do
-not change the timing). The fast-path flags (``--amp``, ``--channels-last``, ...) are the
-config keys of the same name; unset, each takes train()'s default on the device.
+``sngan.train.generator_iteration`` runs the ``n_dis`` D steps, the G step (each behind
+train()'s NaN/inf check), the EMA of G and the schedules, on synthetic images (CIFAR-10's
+shape; the values do not change the timing). The fast-path flags (``--amp``,
+``--channels-last``, ...) are the config keys of the same name; unset, each takes train()'s
+default on the device.
 
 The reference does the same iterations the way the PyTorch reproductions write them: the
 same networks with ``torch.nn.utils.parametrizations.spectral_norm``, fp32, eager, plain
@@ -30,43 +31,43 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
-import gc
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_spectral_norm import (
-    load_average,
-    machine,
-    paired_ratios,
-    resolve_device,
-    summary,
-    swap_spectral_norm,
-    synchronize,
-)
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from sngan.config import TrainConfig, validate
-from sngan.losses import get_loss
-from sngan.train import (
+from sngan.benchmarking import (
+    PRESETS,
+    in_ms,
+    interleaved_times,
+    load_average,
+    machine,
+    machine_line,
+    paired_ratios,
+    preset_config,
+    summary,
+    swap_spectral_norm,
+    synchronize,
+    timed,
+    write_json,
+)
+from sngan.build import (
     FastPaths,
     build_networks,
-    build_step,
-    generator_iteration,
-    load_training_images,
+    build_train_state,
+    configure_backends,
+    resolve_device,
+    training_images,
 )
+from sngan.config import TrainConfig
+from sngan.losses import get_loss
+from sngan.train import generator_iteration
 
-# Model name -> the config preset holding its official hyperparameters.
-PRESETS = {"resnet": "sngan_resnet", "dcgan": "sngan_dcgan"}
 # Issue 6: on the CPU, a generator iteration at least this much faster than the reference.
 CPU_TARGET_SPEEDUP = 1.3
 # --quick: tiny networks and batches, for the smoke test (not a measurement).
@@ -79,37 +80,24 @@ QUICK_OVERRIDES = [
 ]
 
 
-def compose_config(model: str, overrides: Sequence[str]) -> TrainConfig:
-    """The real config (configs/train.yaml) with ``model``'s preset and ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from sngan.cli import CONFIG_DIR  # also registers the schema in Hydra's ConfigStore
-
-    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        dcfg = compose("train", overrides=[f"experiment={PRESETS[model]}", *overrides])
-    cfg: TrainConfig = OmegaConf.to_object(dcfg)
-    cfg.optim.betas = tuple(cfg.optim.betas)
-    return validate(cfg)
+def images_per_iteration(cfg: TrainConfig) -> int:
+    """Images through D or out of G per generator iteration: n_dis x (real + fake), then G's."""
+    o = cfg.optim
+    return 2 * o.n_dis * o.d_batch_size + o.g_batch_size
 
 
 class OursIteration:
-    """sngan.train's generator iteration: ``build_step`` and ``generator_iteration``, the code
-    ``train()`` runs, with its NaN/inf check (for finite values the check does nothing more)."""
+    """sngan.train's generator iteration on the state train() builds, with its NaN/inf guard
+    (for finite values the guard's policy does nothing)."""
 
     def __init__(
         self, cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor, device: torch.device
     ) -> None:
-        o = cfg.optim
-        self.step = build_step(cfg, images, labels, device)
+        self.state = build_train_state(cfg, images, labels, device)
         self.iteration = 0
-        self.images_per_iteration = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
-
-    def _check(self, it: int, phase: str, net: nn.Module) -> Callable[[torch.Tensor], bool]:
-        return lambda loss: not self.step.guard.check(it, phase, loss, net)
 
     def __call__(self, eager: bool = False) -> None:
-        generator_iteration(self.step, self.iteration, self._check, eager=eager)
+        generator_iteration(self.state, self.iteration, eager=eager)
         self.iteration += 1
 
 
@@ -141,7 +129,6 @@ class ReferenceIteration:
         dataset = TensorDataset(images.float() / 127.5 - 1, labels)  # (N, 3, H, W) in [-1, 1]
         loader = DataLoader(dataset, batch_size=o.d_batch_size, shuffle=True, drop_last=True)
         self.batches = endless(loader)
-        self.images_per_iteration = 2 * o.n_dis * o.d_batch_size + o.g_batch_size
 
     def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         m = self.cfg.model
@@ -183,55 +170,6 @@ class ReferenceIteration:
         self.sched_d.step()
 
 
-class PeakMemory:
-    """Peak memory of a block above what was allocated when it started, in MiB.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU (Linux): the process's peak resident set
-    (VmHWM, reset through /proc/self/clear_refs) above its resident set at the start, after
-    freed heap pages are handed back (glibc ``malloc_trim``); None where VmHWM cannot be reset.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.start = 0
-
-    def begin(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-            return
-        gc.collect()
-        _trim_heap()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
-            self.start = _status_kib("VmRSS")
-        except OSError:
-            self.start = -1
-
-    def end(self) -> float | None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
-        if self.start < 0:
-            return None
-        return (_status_kib("VmHWM") - self.start) / 1024
-
-
-def _trim_heap() -> None:
-    # glibc keeps freed pages resident; without this, a block that reuses what the previous
-    # block freed shows no growth at all.
-    with suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-
-
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise OSError(f"{key} not in /proc/self/status")
-
-
 def count_flops(iteration: Callable[..., None]) -> int:
     """FLOPs of one eager iteration (forwards and backwards of G and D)."""
     with FlopCounterMode(display=False) as counter:
@@ -266,40 +204,21 @@ def bench_model(
     profile_rows: int,
 ) -> dict[str, Any]:
     """Time ``model``'s generator iteration, ours and the reference, interleaved."""
-    cfg = compose_config(model, overrides)
-    images, labels = load_training_images(cfg)
+    cfg = preset_config(model, overrides)
+    images, labels = training_images(cfg)
     variants: dict[str, Any] = {
         "ours": OursIteration(cfg, images, labels, device),
         "reference": ReferenceIteration(cfg, images, labels, device),
     }
     flops = {name: count_flops(it) for name, it in variants.items()}
     # The first timed-by-itself iteration: includes compilation and cuDNN autotuning.
-    first_s = {}
-    for name, it in variants.items():
-        synchronize(device)
-        t0 = time.perf_counter()
-        it()
-        synchronize(device)
-        first_s[name] = time.perf_counter() - t0
+    first_s = {name: timed(it, device)[1] for name, it in variants.items()}
+    memory: dict[str, list[dict[str, float | None]]] = {}
+    times = interleaved_times(
+        variants, device=device, warmup=warmup, repeats=repeats, number=iterations, memory=memory
+    )
     names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    peaks: dict[str, list[float]] = {name: [] for name in names}
-    meter = PeakMemory(device)
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            meter.begin()
-            synchronize(device)
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                variants[name]()
-            synchronize(device)
-            times[name].append((time.perf_counter() - t0) / iterations)
-            peak = meter.end()
-            if peak is not None:
-                peaks[name].append(peak)
+    per_iteration = images_per_iteration(cfg)
     speedup = summary(paired_ratios(times, "reference", "ours"))
     out: dict[str, Any] = {
         "fast_paths": asdict(FastPaths.resolve(cfg, device)),
@@ -316,21 +235,23 @@ def bench_model(
             "num_classes": cfg.model.num_classes,
             "num_images": len(images),
         },
-        "images_per_iteration": variants["ours"].images_per_iteration,
+        "images_per_iteration": per_iteration,
         "variants": {},
         "speedup_vs_reference": speedup,
         "cpu_target_speedup": CPU_TARGET_SPEEDUP,
         "cpu_target_met": speedup["median"] >= CPU_TARGET_SPEEDUP if device.type == "cpu" else None,
     }
     for name in names:
-        ms = {k: 1e3 * v if k != "n" else v for k, v in summary(times[name]).items()}
+        ms = in_ms(summary(times[name]))
         sec = ms["median"] / 1e3
+        peaks = [m["peak_above_start_mib"] for m in memory[name]]
+        peaks = [p for p in peaks if p is not None]
         out["variants"][name] = {
             "ms_per_iteration": ms,
-            "images_per_s": variants[name].images_per_iteration / sec,
+            "images_per_s": per_iteration / sec,
             "gflop_per_iteration": flops[name] / 1e9,
             "tflop_per_s": flops[name] / sec / 1e12,
-            "peak_memory_mib": max(peaks[name]) if peaks[name] else None,
+            "peak_memory_mib": max(peaks) if peaks else None,
             "first_iteration_s": first_s[name],
             "raw_s": times[name],
         }
@@ -462,16 +383,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(models) - set(PRESETS))
     if unknown:
         p.error(f"unknown --models {unknown}; choose from {', '.join(PRESETS)}")
-    if on_cuda:
-        # As train() does on CUDA.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    configure_backends(device)  # as train() does
 
     info = machine(device)
     print(
-        f"{info['device_name']} | {info['cpu_count']} CPUs, {torch.get_num_threads()} torch "
-        f"threads | torch {info['torch']} | {repeats} rounds x {iterations} iteration(s), "
+        f"{machine_line(info)} | {repeats} rounds x {iterations} iteration(s), "
         f"warm-up {warmup}{' | QUICK (not a measurement)' if args.quick else ''}"
     )
     t_start = time.perf_counter()
@@ -504,9 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t_start,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, out)
     return out
 
 

@@ -40,9 +40,7 @@ each pair is one sample of a noisy process). Per-iteration wall time is 1 / ``pe
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 import statistics
 import subprocess
 import tempfile
@@ -52,12 +50,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_spectral_norm import load_average, machine
-from benchmark import PRESETS, compose_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sngan.benchmarking import (
+    PRESETS,
+    load_average,
+    machine,
+    machine_line,
+    preset_config,
+    write_json,
+)
 from sngan.config import TrainConfig, to_dict
-from sngan.train import NonFiniteError, train
+from sngan.guard import NonFiniteError
+from sngan.train import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice" / "train"
@@ -212,12 +217,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     info["avx512_bf16"] = cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text()
     info.update(git_state())  # as imported: sngan is read once, before the first run
-    print(f"{info['cpu']} | {torch.get_num_threads()} torch threads | torch {info['torch']}")
+    print(machine_line(info))
 
     runs = {}
     for name, (seed, fast) in runs_spec.items():
         flags = [f"seed={seed}", f"amp={str(fast).lower()}", f"compile={str(fast).lower()}"]
-        cfg = compose_config(args.model, [*overrides, *flags])
+        cfg = preset_config(args.model, [*overrides, *flags])
         runs[name] = run_one(name, cfg, workdir / name, warmup)
 
     windows = {
@@ -286,15 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "speedup_bf16_compile": speedup,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        # One line per list of numbers: the per-iteration curves stay readable in a diff.
-        text = re.sub(
-            r"\[([^\[\]{}\"]*)\]",
-            lambda m: "[" + " ".join(m.group(1).split()) + "]",
-            json.dumps(out, indent=1),
-        )
-        args.json.write_text(text + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, out, compact_lists=True)
     return out
 
 

@@ -25,9 +25,18 @@ import tokenize
 from pathlib import Path
 from typing import Any
 
+from sngan.config import (
+    CONFIG_DIR,
+    TrainConfig,
+    compose,
+    compose_hydra,
+    override_value,
+    resolve,
+    to_flat,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-CONFIG_DIR = REPO / "configs"
 START = "<!-- config-reference:start -->"
 END = "<!-- config-reference:end -->"
 GROUPS = ("model", "loss", "data", "experiment")
@@ -68,8 +77,9 @@ def field_comments(cls: type) -> dict[str, tuple[str, str]]:
 
 
 def schema_keys() -> list[Key]:
-    """Every leaf key of TrainConfig in declaration order, sections first."""
-    from sngan.config import TrainConfig
+    """Every leaf key of TrainConfig in declaration order, sections first, with the value
+    sngan-train runs with when given no overrides (a null width resolved, for one)."""
+    defaults = to_flat(compose([]))
 
     def walk(cls: type, prefix: str) -> list[Key]:
         docs = field_comments(cls)
@@ -88,21 +98,14 @@ def schema_keys() -> list[Key]:
                     f"{cls.__name__}.{f.name} in sngan/config.py has no trailing '# comment'; "
                     "the comment is the key's documentation in the README"
                 )
-            leaves.append(Key(prefix + f.name, annotation, default, doc))
+            leaves.append(Key(prefix + f.name, annotation, defaults[prefix + f.name], doc))
         return sections + leaves
 
     return walk(TrainConfig, "")
 
 
-def yaml_value(value: Any) -> str:
-    """A value as it is written in an override (``null``, ``true``, ``[0.0,0.9]``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(yaml_value(v) for v in value) + "]"
-    return str(value)
+# A value as it is written in an override (``null``, ``true``, ``[0.0,0.9]``).
+yaml_value = override_value
 
 
 def _leading_comment(path: Path) -> str:
@@ -116,44 +119,35 @@ def _leading_comment(path: Path) -> str:
     return " ".join(lines)
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flatten(value, f"{prefix}{key}.")
-        else:
-            out[prefix + key] = value
-    return out
+def composed(overrides: list[str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """sngan-train's config with ``overrides``: each group's choice, and every key's value.
+
+    Not validated: an option may need a key set on top of it (data=folder needs data.root).
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose_hydra(overrides, return_hydra_config=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return {g: choices[g] for g in GROUPS}, to_flat(resolve(OmegaConf.to_object(cfg)))
 
 
-def group_options(config_dir: Path = CONFIG_DIR) -> list[Option]:
+def group_options() -> list[Option]:
     """Each option of each group, with what it changes relative to sngan-train's defaults."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    import sngan.cli  # noqa: F401  (registers the schema the defaults list names)
-
-    def composed(overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
-        values = OmegaConf.to_container(cfg, resolve=False)
-        values.pop("hydra")
-        return {g: choices[g] for g in GROUPS}, _flatten(values)
-
     options = []
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        base_choices, _ = composed([])
-        for group in GROUPS:
-            for path in sorted((config_dir / group).glob("*.yaml")):
-                choices, values = composed([f"{group}={path.stem}"])
-                # Group choices an option switches, then the keys it sets on top of them.
-                switched = {g: c for g, c in choices.items() if g != group and c != base_choices[g]}
-                _, baseline = composed([f"{g}={c}" for g, c in switched.items()])
-                sets = [f"{g}={c}" for g, c in switched.items()]
-                sets += [f"{k}={yaml_value(v)}" for k, v in values.items() if baseline[k] != v]
-                doc = _leading_comment(path)
-                default = base_choices[group] == path.stem
-                options.append(Option(group, path.stem, doc, tuple(sets), default))
+    base_choices, _ = composed([])
+    for group in GROUPS:
+        for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
+            choices, values = composed([f"{group}={path.stem}"])
+            # Group choices an option switches, then the keys it sets on top of them.
+            switched = {g: c for g, c in choices.items() if g != group and c != base_choices[g]}
+            _, baseline = composed([f"{g}={c}" for g, c in switched.items()])
+            sets = [f"{g}={c}" for g, c in switched.items()]
+            sets += [f"{k}={override_value(v)}" for k, v in values.items() if baseline[k] != v]
+            doc = _leading_comment(path)
+            default = base_choices[group] == path.stem
+            options.append(Option(group, path.stem, doc, tuple(sets), default))
     return options
 
 
@@ -166,7 +160,7 @@ def _code(text: str) -> str:
     return "`" + text.replace("|", "\\|") + "`"
 
 
-def render(config_dir: Path = CONFIG_DIR) -> str:
+def render() -> str:
     """The Markdown between the README's markers (without the markers)."""
     out = [
         "<!-- Generated by `python scripts/config_reference.py --write` from sngan/config.py "
@@ -179,7 +173,7 @@ def render(config_dir: Path = CONFIG_DIR) -> str:
         "| group | option | what it is | sets |",
         "|---|---|---|---|",
     ]
-    for o in group_options(config_dir):
+    for o in group_options():
         name = _code(o.name) + (" (default)" if o.default else "")
         sets = " ".join(_code(s) for s in o.sets) or "—"
         out.append(f"| {_code(o.group)} | {name} | {_text(o.doc)} | {sets} |")
@@ -195,7 +189,7 @@ def render(config_dir: Path = CONFIG_DIR) -> str:
             section = head
             title = f"`{head}.*`" if head else "top level"
             out += ["", f"*{title}*", "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        default = _code(yaml_value(key.default))
+        default = _code(override_value(key.default))
         out.append(f"| {_code(key.name)} | {_code(key.type)} | {default} | {_text(key.doc)} |")
     return "\n".join(out) + "\n"
 

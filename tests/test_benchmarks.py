@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import torch
 from conftest import REPO_ROOT
 from torch.nn.utils import parametrize
 
+from sngan.benchmarking import swap_spectral_norm
 from sngan.models import DCGANDiscriminator, ResNetDiscriminator
 from sngan.spectral_norm import is_spectral_normalized
 
@@ -32,15 +32,6 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def load_bench_sn():
-    spec = importlib.util.spec_from_file_location(
-        "bench_spectral_norm", SCRIPTS / "bench_spectral_norm.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def check_machine(machine: dict) -> None:
     for key in ("device", "device_name", "cpu", "cpu_count", "torch_threads", "torch", "date"):
         assert key in machine, key
@@ -51,16 +42,15 @@ def check_machine(machine: dict) -> None:
 
 @pytest.mark.parametrize("D_cls", [DCGANDiscriminator, ResNetDiscriminator])
 def test_variants_normalise_the_same_layers(D_cls):
-    bench = load_bench_sn()
     layers = lambda D: [n for n, m in D.named_modules() if is_spectral_normalized(m)]  # noqa: E731
     sn_names = layers(D_cls(channels=8))
     assert sn_names  # every conv and the linear layer
 
-    none = bench.swap_spectral_norm(D_cls(channels=8), "none")
+    none = swap_spectral_norm(D_cls(channels=8), "none")
     assert layers(none) == []
     assert not any(parametrize.is_parametrized(m) for m in none.modules())
 
-    theirs = bench.swap_spectral_norm(D_cls(channels=8), "torch")
+    theirs = swap_spectral_norm(D_cls(channels=8), "torch")
     assert layers(theirs) == []
     parametrized = [
         n for n, m in theirs.named_modules() if parametrize.is_parametrized(m, "weight")
@@ -70,7 +60,7 @@ def test_variants_normalise_the_same_layers(D_cls):
     ours = D_cls(channels=8)
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
     with pytest.raises(ValueError, match="unknown variant"):
-        bench.swap_spectral_norm(ours, "legacy")
+        swap_spectral_norm(ours, "legacy")
 
 
 def test_bench_spectral_norm_writes_json(tmp_path):

@@ -23,9 +23,8 @@ RUNS = ["fp32", "bf16", "fp32_seed"]
 
 
 @pytest.fixture
-def script(monkeypatch: pytest.MonkeyPatch):
-    """scripts/compare_precision.py as a module (it imports its neighbour bench_spectral_norm)."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
+def script():
+    """scripts/compare_precision.py as a module."""
     spec = importlib.util.spec_from_file_location(
         "compare_precision", SCRIPTS / "compare_precision.py"
     )
