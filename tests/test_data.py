@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import signal
+import subprocess
+import sys
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
-from conftest import CIFAR10_CLASSES, write_cifar10
+from conftest import CIFAR10_CLASSES, REPO_ROOT, write_cifar10
 from PIL import Image
+from stl10_fixture import STL10_CLASSES, stl10_arrays, write_stl10
 
-from sngan.data import SOURCES, BatchStream, load_images
+import sngan.data
+from sngan.batches import BatchStream
+from sngan.data import SOURCES, load_images
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test's default image cache is its own, never the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+
 
 # --- cifar10 -------------------------------------------------------------------------------
 
@@ -102,7 +118,189 @@ def test_unknown_source_lists_the_valid_ones() -> None:
     assert "imagenet" in str(info.value)
     for name in SOURCES:
         assert name in str(info.value)
-    assert set(SOURCES) == {"cifar10", "folder", "synthetic"}
+    assert set(SOURCES) == {"cifar10", "stl10", "folder", "synthetic"}
+
+
+# --- stl10 ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stl10_root(tmp_path: Path) -> Path:
+    """A data root holding a small STL-10 in its binary format (6 train, 12 unlabeled images)."""
+    return write_stl10(tmp_path / "data", num_unlabeled=12, num_train=6, seed=0)
+
+
+def pil_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """One (3, H, W) uint8 image resized with PIL's antialiased bilinear filter."""
+    resized = Image.fromarray(image.transpose(1, 2, 0)).resize((size, size), Image.BILINEAR)
+    return np.asarray(resized).transpose(2, 0, 1)
+
+
+def test_stl10_unlabeled_matches_the_written_pixels(stl10_root: Path, tmp_path: Path) -> None:
+    images, labels = load_images(
+        "stl10", root=stl10_root, image_size=96, download=False, cache_dir=tmp_path / "cache"
+    )
+    _, _, unlabeled = stl10_arrays(num_unlabeled=12, num_train=6, seed=0)
+    assert images.shape == (12, 3, 96, 96) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.tolist() == [-1] * 12
+    assert np.array_equal(images.numpy(), unlabeled)
+    # The markers, read as rows and columns: a transposed reader would see them swapped.
+    assert (images[:, 1, 0, :] == 250).all() and (images[:, 1, 1:, 0] == 5).all()
+    assert images[:, 0, 0, 0].tolist() == list(range(12))
+    assert not (tmp_path / "cache").exists()  # nothing to resize, nothing cached
+
+
+def test_stl10_train_plus_unlabeled_is_train_first(stl10_root: Path) -> None:
+    images, labels = load_images(
+        "stl10", root=stl10_root, image_size=96, split="train+unlabeled", download=False
+    )
+    train, train_labels, unlabeled = stl10_arrays(num_unlabeled=12, num_train=6, seed=0)
+    assert images.shape == (18, 3, 96, 96)
+    assert np.array_equal(images.numpy(), np.concatenate([train, unlabeled]))
+    assert labels.tolist() == train_labels.tolist() + [-1] * 12
+    assert train_labels.min() >= 0 and train_labels.max() <= 9
+    on_disk = np.fromfile(stl10_root / "stl10_binary" / "train_y.bin", dtype=np.uint8)
+    assert on_disk.tolist() == (train_labels + 1).tolist()  # 1..10 in the file
+
+
+@pytest.mark.parametrize("split", ["unlabeled", "train+unlabeled"])
+def test_stl10_fixture_reads_the_same_in_torchvision(
+    stl10_root: Path, split: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchvision checks the real archive's md5 sums, which a fixture cannot have.
+    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)
+    reference = torchvision.datasets.STL10(str(stl10_root), split=split, download=False)
+    images, labels = load_images(
+        "stl10", root=stl10_root, image_size=96, split=split, download=False
+    )
+    assert np.array_equal(images.numpy(), reference.data)
+    assert labels.tolist() == np.asarray(reference.labels, dtype=np.int64).tolist()
+    assert reference.classes == STL10_CLASSES
+    # And torchvision's PIL image is the image upright: its row 0 is the bright green row.
+    img, _ = reference[0]
+    assert (np.asarray(img)[0, :, 1] == 250).all()
+
+
+@pytest.mark.parametrize("image_size", [48, 37, 100, 1])
+def test_stl10_resizes_like_pil(stl10_root: Path, image_size: int) -> None:
+    images, _ = load_images(
+        "stl10", root=stl10_root, image_size=image_size, split="train+unlabeled", download=False
+    )
+    train, _, unlabeled = stl10_arrays(num_unlabeled=12, num_train=6, seed=0)
+    assert images.shape == (18, 3, image_size, image_size) and images.dtype == torch.uint8
+    for n, original in [(0, train[0]), (5, train[5]), (6, unlabeled[0]), (17, unlabeled[11])]:
+        expected = pil_resize(original, image_size).astype(int)
+        assert np.abs(images[n].numpy().astype(int) - expected).max() <= 1
+
+
+def test_stl10_resizes_the_same_in_chunks(
+    stl10_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, _ = load_images(
+        "stl10", root=stl10_root, image_size=48, download=False, cache_dir=tmp_path / "a"
+    )
+    monkeypatch.setattr(sngan.data, "STL10_CHUNK", 5)  # 12 images: chunks of 5, 5 and 2
+    chunked, _ = load_images(
+        "stl10", root=stl10_root, image_size=48, download=False, cache_dir=tmp_path / "b"
+    )
+    assert torch.equal(whole, chunked)
+
+
+def test_stl10_resized_images_are_cached(
+    stl10_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kwargs = dict(root=stl10_root, image_size=48, download=False, cache_dir=tmp_path / "cache")
+    first, first_labels = load_images("stl10", split="train+unlabeled", **kwargs)
+
+    def no_resize(*args, **kwargs):
+        raise AssertionError("resized again: the cache was missed")
+
+    monkeypatch.setattr(F, "interpolate", no_resize)
+    second, second_labels = load_images("stl10", split="train+unlabeled", **kwargs)
+    assert torch.equal(first, second) and torch.equal(first_labels, second_labels)
+    with pytest.raises(AssertionError, match="cache was missed"):  # another split, another key
+        load_images("stl10", split="unlabeled", **kwargs)
+
+
+@pytest.mark.parametrize("split", ["unlabeled", "train+unlabeled"])
+def test_stl10_missing_without_download(tmp_path: Path, split: str) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        load_images("stl10", root=tmp_path, split=split, download=False)
+    message = str(info.value)
+    assert str(tmp_path / "stl10_binary") in message
+    assert "unlabeled_X.bin" in message and ("train_X.bin" in message) == (split != "unlabeled")
+    assert "data.root=" in message and "download=False" in message
+    assert "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz" in message
+
+
+def test_stl10_names_only_the_missing_files(stl10_root: Path) -> None:
+    (stl10_root / "stl10_binary" / "train_y.bin").unlink()
+    load_images("stl10", root=stl10_root, image_size=96, download=False)  # unlabeled needs none
+    with pytest.raises(FileNotFoundError) as info:
+        load_images("stl10", root=stl10_root, split="train+unlabeled", download=False)
+    assert "expected train_y.bin in" in str(info.value)
+
+
+def test_stl10_offline_download_gives_the_same_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "STL10", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        load_images("stl10", root=tmp_path, download=True)
+    message = str(info.value)
+    assert str(tmp_path / "stl10_binary") in message and "data.root=" in message
+    assert "name resolution" in message
+
+
+def test_stl10_downloads_into_root_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_download(root: str, split: str, download: bool) -> None:
+        calls.append((root, split, download))
+        write_stl10(Path(root), num_unlabeled=4, num_train=2)
+
+    monkeypatch.setattr(torchvision.datasets, "STL10", fake_download)
+    images, labels = load_images("stl10", root=tmp_path, image_size=48, split="train+unlabeled")
+    assert calls == [(str(tmp_path), "train+unlabeled", True)]
+    assert images.shape == (6, 3, 48, 48) and labels.shape == (6,)
+    load_images("stl10", root=tmp_path, image_size=48, split="train+unlabeled")
+    assert len(calls) == 1  # files on disk now: no second download
+
+
+def test_stl10_default_root_is_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"\.cache/sngan/data/stl10_binary"):
+        load_images("stl10", download=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        pytest.param("unlabeled_X.bin", b"\0" * 1000, "not a whole number", id="partial-image"),
+        pytest.param("train_y.bin", bytes([1, 2, 3, 4, 5, 0]), r"in 1\.\.10", id="label-0"),
+        pytest.param("train_y.bin", bytes([1, 2, 3]), "expected 6 labels", id="too-few-labels"),
+    ],
+)
+def test_stl10_damaged_binaries_are_named(
+    stl10_root: Path, name: str, content: bytes, match: str
+) -> None:
+    (stl10_root / "stl10_binary" / name).write_bytes(content)
+    with pytest.raises(ValueError, match=match) as info:
+        load_images("stl10", root=stl10_root, split="train+unlabeled", download=False)
+    assert name in str(info.value)
+
+
+@pytest.mark.parametrize("source", ["stl10", "cifar10", "folder"])
+def test_split_is_validated(tmp_path: Path, source: str) -> None:
+    with pytest.raises(ValueError) as info:
+        load_images(source, root=tmp_path, split="train", download=False)
+    assert "'train'" in str(info.value)
+    assert "unlabeled, train+unlabeled" in str(info.value)
 
 
 # --- folder --------------------------------------------------------------------------------
@@ -186,6 +384,196 @@ def test_folder_without_images(tmp_path: Path, layout: str) -> None:
     assert "<root>/<class>/<image>.png" in message and ".jpg" in message
     if layout == "loose_images":
         assert "subfolder" in message
+
+
+# --- the image cache (folder) --------------------------------------------------------------
+
+
+def make_folder(root: Path, seed: int = 0) -> Path:
+    """Two classes of random PNGs, three each, of mixed sizes (all need a resize to 24)."""
+    rng = np.random.default_rng(seed)
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate([(40, 30), (30, 40), (32, 32)]):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every path PIL's Image.open is called with from now on."""
+    opened, real_open = [], Image.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def forbid_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args, **kwargs):
+        raise AssertionError("Image.open called: the cache was missed")
+
+    monkeypatch.setattr(Image, "open", fail)
+
+
+def cache_files(cache: Path) -> list[str]:
+    return sorted(p.suffix for p in cache.iterdir() if not p.name.startswith("."))
+
+
+def test_folder_second_load_hits_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, cache = make_folder(tmp_path / "images"), tmp_path / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a miss and a hit are quiet
+        first, first_labels = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+        assert cache_files(cache) == [".json", ".npy"]
+        forbid_decodes(monkeypatch)
+        second, second_labels = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    assert first.shape == (6, 3, 24, 24) and first_labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(first, second) and torch.equal(first_labels, second_labels)
+    assert second.dtype == torch.uint8 and second_labels.dtype == torch.int64
+    # What the cache holds is what a decode without it gives, independently of the entry.
+    monkeypatch.undo()
+    fresh, _ = load_images("folder", root=folder, image_size=24, cache_dir=tmp_path / "other")
+    assert torch.equal(second, fresh)
+
+
+@pytest.mark.parametrize("change", ["touch", "rewrite", "add", "remove", "rename_class"])
+def test_folder_cache_misses_when_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    folder, cache = make_folder(tmp_path / "images"), tmp_path / "cache"
+    load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    target = folder / "dogs" / "1.png"
+    if change == "touch":  # same bytes, a new modification time
+        st = target.stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    if change == "rewrite":  # other pixels under the same name
+        st = target.stat()
+        with Image.open(target) as img:
+            pixels = np.asarray(img)
+        Image.fromarray(255 - pixels).save(target)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    if change == "add":
+        Image.new("RGB", (24, 24), (1, 2, 3)).save(folder / "cats" / "new.png")
+    if change == "remove":
+        target.unlink()
+    if change == "rename_class":
+        (folder / "dogs").rename(folder / "wolves")
+    opened = count_decodes(monkeypatch)
+    images, labels = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    assert len(opened) == len(images)  # every image decoded again
+    fresh, fresh_labels = load_images(
+        "folder", root=folder, image_size=24, cache_dir=tmp_path / "x"
+    )
+    assert torch.equal(images, fresh) and torch.equal(labels, fresh_labels)
+    assert len(images) == {"add": 7, "remove": 5}.get(change, 6)
+
+
+def test_folder_cache_is_per_image_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, cache = make_folder(tmp_path / "images"), tmp_path / "cache"
+    at_24, _ = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    opened = count_decodes(monkeypatch)
+    at_16, _ = load_images("folder", root=folder, image_size=16, cache_dir=cache)
+    assert len(opened) == 6 and at_16.shape == (6, 3, 16, 16)
+    forbid_decodes(monkeypatch)  # both sizes are kept side by side
+    assert torch.equal(load_images("folder", root=folder, image_size=24, cache_dir=cache)[0], at_24)
+    assert torch.equal(load_images("folder", root=folder, image_size=16, cache_dir=cache)[0], at_16)
+    assert cache_files(cache) == [".json", ".json", ".npy", ".npy"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage_header", "bad_json", "no_npy"])
+def test_folder_damaged_cache_is_decoded_again_and_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    folder, cache = make_folder(tmp_path / "images"), tmp_path / "cache"
+    expected, expected_labels = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    (npy,) = cache.glob("*.npy")
+    (meta,) = cache.glob("*.json")
+    if damage == "truncated":
+        with open(npy, "r+b") as f:
+            f.truncate(npy.stat().st_size // 2)
+    if damage == "empty":
+        npy.write_bytes(b"")
+    if damage == "garbage_header":
+        npy.write_bytes(b"\x93NUMPY not a header at all" + npy.read_bytes()[30:])
+    if damage == "bad_json":
+        meta.write_text('{"format": 1, "labels": [0, 0')
+    if damage == "no_npy":
+        npy.unlink()
+    opened = count_decodes(monkeypatch)
+    with pytest.warns(UserWarning, match="ignoring image cache entry"):
+        images, labels = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    assert len(opened) == 6
+    assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
+    forbid_decodes(monkeypatch)  # the rewritten entry is whole again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    assert torch.equal(again, expected)
+
+
+def test_folder_unwritable_cache_still_loads(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "images")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("a file where the cache's parent directory should be")
+    for _ in range(2):  # and the next run the same: a warning each time, never an error
+        with pytest.warns(UserWarning, match="could not write the image cache"):
+            images, labels = load_images(
+                "folder", root=folder, image_size=24, cache_dir=blocker / "cache"
+            )
+        assert images.shape == (6, 3, 24, 24) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_folder_cache_default_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = make_folder(tmp_path / "images")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    load_images("folder", root=folder, image_size=24)
+    assert cache_files(tmp_path / "xdg" / "sngan" / "images") == [".json", ".npy"]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    load_images("folder", root=folder, image_size=24)
+    assert cache_files(tmp_path / "home" / ".cache" / "sngan" / "images") == [".json", ".npy"]
+
+
+KILLED_WRITER = """
+import io, os, signal, sys
+import numpy as np
+from sngan.data import load_images
+
+real_save = np.save
+
+def save_half_then_die(f, array, **kwargs):
+    buffer = io.BytesIO()
+    real_save(buffer, array, **kwargs)
+    f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.save = save_half_then_die
+load_images("folder", root=sys.argv[1], image_size=24, cache_dir=sys.argv[2])
+"""
+
+
+def test_folder_cache_write_killed_midway_leaves_no_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder, cache = make_folder(tmp_path / "images"), tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(folder), str(cache)], cwd=REPO_ROOT, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert cache_files(cache) == []  # only the hidden temporary file is left
+    assert [p.suffix for p in cache.iterdir()] == [".tmp"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unfinished write is a plain miss
+        images, _ = load_images("folder", root=folder, image_size=24, cache_dir=cache)
+    fresh, _ = load_images("folder", root=folder, image_size=24, cache_dir=tmp_path / "other")
+    assert torch.equal(images, fresh)
+    forbid_decodes(monkeypatch)
+    assert torch.equal(load_images("folder", root=folder, image_size=24, cache_dir=cache)[0], fresh)
 
 
 # --- synthetic -----------------------------------------------------------------------------
