@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Reproduce the SN-GAN paper's CIFAR-10 experiments and write their results table.
+"""Reproduce the SN-GAN paper's CIFAR-10 and STL-10 experiments and write their results table.
 
-Three Hydra multiruns of sngan-train: the official ResNet (experiment=sngan_resnet), the
-standard CNN under the paper's settings A-F (experiment=dcgan_A,...,dcgan_F) and the
-class-conditional ResNet (experiment=sngan_resnet_cond). Each run's last checkpoint is then
-evaluated by sngan-eval under both FID protocols (standard and paper), and the numbers go
-into a Markdown table next to the published ones, each with the protocol it was measured
-under.
+Four Hydra multiruns of sngan-train: the official ResNet (experiment=sngan_resnet), the
+standard CNN under the paper's settings A-F (experiment=dcgan_A,...,dcgan_F), the
+class-conditional ResNet (experiment=sngan_resnet_cond) and the paper's STL-10 models
+(experiment=sngan_stl10_dcgan,sngan_stl10_resnet). Each run's last checkpoint is then
+evaluated by sngan-eval under both FID protocols (standard and paper), the raw G (what the
+paper scored: the official code keeps no weight average) next to G_ema, and the numbers go
+into a Markdown table next to the published ones, with how each was measured.
 
     python scripts/reproduce.py                         # everything: days on one GPU
     python scripts/reproduce.py --smoke --out /tmp/smoke.md \\
@@ -15,9 +16,16 @@ under.
 
 Runs go to ``--runs`` (default runs/reproduce), one directory per experiment:
 ``<runs>/<sweep>/<experiment>``. Running the script again skips finished runs, resumes
-unfinished ones (``sngan-train resume=<run>``) and evaluates again. ``--train`` and ``--eval``
+unfinished ones (``sngan-train resume=<run>``) and evaluates again; a run that another
+sngan-train is training right now is skipped (and not evaluated). ``--train`` and ``--eval``
 pass extra key=value overrides to every sngan-train and sngan-eval call, e.g.
 ``--train data.root=/datasets`` for CIFAR-10 already on disk.
+
+``--jobs N`` trains up to N experiments at once, each on a GPU of its own: the three sweeps
+and the resumes start together, each sweep through the joblib launcher (``+sweep=gpus``, which
+needs ``pip install 'sngan[sweep]'``), and a job waits until one of the first N GPUs is free
+(``SNGAN_GPU_SLOTS=N``, sngan/gpu_slots.py). Progress bars are off then (they would interleave);
+follow the runs in TensorBoard.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -56,11 +65,15 @@ SMOKE_TRAIN = (
     "progress=false",
     "device=cpu",
 )
+# The STL-10 sweep keeps its networks' size in the smoke run (random images of 48 pixels).
+SMOKE_SWEEP = {"stl10": ("data.image_size=48", "model.d_channels=16")}
 # The fewest generated images each protocol accepts (IS has 10 splits; paper's IS is 10 x N).
 SMOKE_EVAL = {
     "standard": ("metrics.num_samples=10", "metrics.batch_size=10", "device=cpu"),
     "paper": ("metrics.num_samples=2", "metrics.batch_size=10", "device=cpu"),
 }
+# Both generators of every run, the raw G first: the paper's numbers are G's.
+GENERATORS = ("G", "G_ema")
 
 
 @dataclass(frozen=True)
@@ -110,19 +123,46 @@ ROWS = (
         "8.25 ± 0.13 / 10.84 ± 0.03 [m]",
         "FID 17.5 [k] (as quoted by [m'])<br>FID 17.84 ± 0.17 [m']",
     ),
+    Row(
+        "STL-10 48x48, standard CNN (`sngan_stl10_dcgan`)",
+        "sngan_stl10_dcgan",
+        "stl10",
+        NA,
+        "see [p] Table 2, STL-10 column [t]",
+    ),
+    Row(
+        "STL-10 48x48, ResNet (`sngan_stl10_resnet`)",
+        "sngan_stl10_resnet",
+        "stl10",
+        "8.04 ± 0.07 / 39.56 ± 0.10 [m]",
+        "9.10 / 40.1 [p]",
+    ),
 )
 EXPERIMENTS = tuple(r.experiment for r in ROWS if r.experiment)
 SWEEPS = {
-    sweep: [r.experiment for r in ROWS if r.sweep == sweep] for sweep in ("resnet", "dcgan", "cond")
+    sweep: [r.experiment for r in ROWS if r.sweep == sweep]
+    for sweep in ("resnet", "dcgan", "cond", "stl10")
 }
 
 SOURCES = """\
 Sources of the published numbers, each with the protocol it was measured under:
 
 - **[p]** Miyato, Kataoka, Koyama, Yoshida: *Spectral Normalization for Generative Adversarial
-  Networks*, ICLR 2018, Table 2 (CIFAR-10, unsupervised). Protocol (appendix B.1): IS over 50,000
-  generated images in 10 splits; FID between 5,000 generated images and 10,000 real ones. Settings
-  A-F (their Table 1) are compared in their Fig. 1 as bar charts; no exact values are quoted here.
+  Networks*, ICLR 2018, Table 2 (CIFAR-10 and STL-10, unsupervised). Protocol (appendix B.1): IS
+  over 50,000 generated images in 10 splits; FID between 5,000 generated images and 10,000 real
+  ones. Settings A-F (their Table 1) are compared in their Fig. 1 as bar charts; no exact values
+  are quoted here. The numbers are the raw generator's (the official code keeps no weight
+  average), trained and evaluated in fp32.
+- **[t]** The standard CNN's STL-10 numbers of Table 2 could not be checked against the paper in
+  this repository's sessions (no copy of it was at hand), so none is quoted; the ResNet's
+  (IS 9.10, FID 40.1) is. Which D produced the standard CNN's numbers: most likely the official
+  chainer-gan-lib's `SNDCGANDiscriminator` (`model.d_widths=chainer`: conv widths 64, 128, 128,
+  256, 256, 512, 512), not Table 3 as printed (64, 64, 128, 128, 256, 256, 512). The paper's code
+  link, pfnet-research/sngan_projection, holds only the ResNets; the authors' standard CNN is in
+  pfnet-research/chainer-gan-lib, whose README lists SN-DCGAN at Inception 7.5 against 7.41 in its
+  "Inception (Official)" column and whose example.sh trains it as `--architecture sndcgan`
+  (common/net.py's `SNDCGANDiscriminator`, ch = 512); no D in that file has Table 3's printed
+  widths, which look off by one layer. The presets keep Table 3 (`d_widths=paper`).
 - **[s]** Shown on this row because the preset built for Table 2's standard-CNN row,
   configs/experiment/sngan_dcgan.yaml, uses setting C (non-saturating loss, 100k iterations), so
   `dcgan_C` and `sngan_dcgan` are the same run.
@@ -134,27 +174,34 @@ Sources of the published numbers, each with the protocol it was measured under:
   generated images, by the same tool (their configs set `--num_images=50000`); IS std in
   parentheses. Training: hinge loss, 100k
   generator steps; CNN: batch 128, n_dis 1; ResNet: batch 64, n_dis 5.
-- **[m]** kwotsin/mimicry, README "Baselines", CIFAR-10: IS on 50k samples in 10 splits, FID on 50k
-  real (train split) and 50k generated images. Training: ResNet, batch 64, Adam 2e-4 (0.0, 0.9),
-  linear decay, n_dis 5, 100k iterations.
+- **[m]** kwotsin/mimicry, README "Baselines", CIFAR-10 and STL-10 (48x48, the unlabeled split):
+  IS on 50k samples in 10 splits, FID on 50k real (train split; STL-10: unlabeled) and 50k
+  generated images. Training: ResNet, batch 64, Adam 2e-4 (0.0, 0.9), linear decay, n_dis 5, 100k
+  iterations.
 - **[m']** kwotsin/mimicry, README "Reproducibility": FID with the paper's sample sizes, 10k real
   and 5k generated images.
 
-Our presets follow the paper: 50k generator iterations for the ResNets, 100k for the standard
-CNN. The reproductions [c] and [m] train their ResNets for 100k iterations.
+Our presets follow the paper: 50k generator iterations for the CIFAR-10 ResNets, 100k for the
+standard CNN; where the paper gives no STL-10 schedule, sngan_stl10_resnet follows [m] (100k,
+linear decay). The reproductions [c] and [m] train their ResNets for 100k iterations.
 """
 
 PROTOCOL_NOTES = """\
-Our columns (`sngan-eval`, torch-fidelity's port of the TensorFlow Inception network, G_ema of the
-run's last checkpoint):
+Our columns (`sngan-eval generators=[G,G_ema]`, torch-fidelity's port of the TensorFlow Inception
+network, the run's last checkpoint; the metrics themselves always run in fp32):
 
 - **standard**: IS over 50,000 generated images in 10 splits; FID between those 50,000 images
-  and the 50,000 CIFAR-10 training images. Compare with [c] and [m].
+  and the whole training set (CIFAR-10: 50,000; STL-10: the 100,000 unlabeled). Compare with [c]
+  and [m].
 - **paper**: IS over 10 sets of 5,000 generated images; FID between 5,000 generated images and
   the first 10,000 training images. Compare with [p] and [m'].
+- **G** is the raw generator, what the paper reports; **G_ema** its weight average, sampled with
+  BatchNorm statistics recomputed from its own samples unless the table below says `copy`.
 
 FID falls as the number of images grows, so the two protocols give different numbers for the
-same generator: compare numbers only within a column. Cells read IS ± std / FID.
+same generator: compare numbers only within a column. Cells read IS ± std / FID. How each number
+was made (sample counts, BatchNorm statistics, the run's training precision) is in the second
+table.
 """
 
 
@@ -164,16 +211,40 @@ def console_script(name: str) -> str:
     return str(local) if local.exists() else name
 
 
-def run(cmd: list[str], dry_run: bool = False, capture: bool = False) -> str:
+def run(cmd: list[str], dry_run: bool = False) -> None:
     print("+ " + shlex.join(cmd), flush=True)
     if dry_run:
-        return ""
-    done = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+        return
+    done = subprocess.run(cmd)
     if done.returncode != 0:
         raise SystemExit(
             f"reproduce.py: command failed (exit {done.returncode}): {shlex.join(cmd)}"
         )
-    return done.stdout or ""
+
+
+def run_together(cmds: list[list[str]], env: dict[str, str], dry_run: bool = False) -> None:
+    """Start every command at once (with ``env`` added), wait for all; any failure is fatal."""
+    shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    for cmd in cmds:
+        print(f"+ {shown} {shlex.join(cmd)} &", flush=True)
+    if dry_run:
+        return
+    procs = [subprocess.Popen(cmd, env={**os.environ, **env}) for cmd in cmds]
+    codes = [p.wait() for p in procs]
+    failed = [(code, cmd) for code, cmd in zip(codes, cmds, strict=True) if code != 0]
+    if failed:
+        raise SystemExit(
+            "reproduce.py: "
+            + "; ".join(f"command failed (exit {code}): {shlex.join(cmd)}" for code, cmd in failed)
+        )
+
+
+def gpu_slots(jobs: int) -> int:
+    """How many GPU slots ``--jobs`` gives the runs: ``jobs``, at most the GPUs there are."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    return min(jobs, gpus) if gpus else jobs
 
 
 def run_state(run_dir: Path) -> str:
@@ -187,64 +258,107 @@ def run_state(run_dir: Path) -> str:
     return "done" if state["iteration"] >= state["config"]["iterations"] else "partial"
 
 
-def train(runs: Path, overrides: list[str], only: list[str], dry_run: bool) -> dict[str, Path]:
-    """Train every experiment in ``only`` that is not finished yet; {experiment: run directory}."""
-    run_dirs = {}
+def in_use(run_dir: Path) -> bool:
+    """Whether another sngan-train holds ``run_dir`` now; if so, say who and that it is skipped."""
+    from sngan.runlock import RunLockedError, holder
+
+    record = holder(run_dir)
+    if record is not None:
+        print(f"reproduce.py: skipped {run_dir.name}: {RunLockedError(run_dir, record)}")
+    return record is not None
+
+
+def train(
+    runs: Path,
+    overrides: list[str],
+    only: list[str],
+    dry_run: bool,
+    jobs: int | None = None,
+    sweep_overrides: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, Path]:
+    """Train every experiment in ``only`` that is not finished yet; {experiment: run directory}.
+
+    ``jobs``: train up to that many at once, one GPU each (else one after another).
+    ``sweep_overrides``: more overrides for the new runs of one sweep (--smoke's STL-10 size).
+    """
+    run_dirs, cmds = {}, []
+    # In parallel: the sweeps go through the joblib launcher, one GPU slot per job; a resume
+    # claims a slot too (unless the overrides name a device, e.g. --smoke's device=cpu).
+    devices = [o for o in overrides if o.startswith("device=")] or ["device=cuda:${gpu_slot:}"]
+    together = ["progress=false", *devices[-1:]] if jobs else []
     for sweep, all_experiments in SWEEPS.items():
         experiments = [e for e in all_experiments if e in only]
+        sweep_dir = runs / sweep
+        experiments = [e for e in experiments if not in_use(sweep_dir / e)]
         if not experiments:
             continue
-        sweep_dir = runs / sweep
         states = {e: run_state(sweep_dir / e) for e in experiments}
         new = [e for e in experiments if states[e] == "new"]
         if new:
             # One multirun per sweep; each job writes to <sweep_dir>/<experiment>.
-            run(
+            launcher = (
+                ["+sweep=gpus", f"hydra.launcher.n_jobs={min(jobs, len(new))}"] if jobs else []
+            )
+            cmds.append(
                 [
                     console_script("sngan-train"),
                     "-m",
+                    *launcher,
                     "experiment=" + ",".join(new),
                     f"hydra.sweep.dir={sweep_dir}",
                     "hydra.sweep.subdir=${hydra.runtime.choices.experiment}",
                     *overrides,
-                ],
-                dry_run,
+                    *(sweep_overrides or {}).get(sweep, ()),
+                    *together[:1],
+                ]
             )
         for e in experiments:
             if states[e] == "partial":
-                run([console_script("sngan-train"), f"resume={sweep_dir / e}"], dry_run)
+                cmds.append([console_script("sngan-train"), f"resume={sweep_dir / e}", *together])
             elif states[e] == "done":
                 print(f"{sweep_dir / e}: finished, not trained again")
             run_dirs[e] = sweep_dir / e
+    if jobs:
+        run_together(cmds, {"SNGAN_GPU_SLOTS": str(gpu_slots(jobs))}, dry_run)
+    else:
+        for cmd in cmds:
+            run(cmd, dry_run)
     return run_dirs
-
-
-def parse_eval_output(stdout: str) -> dict[str, Any]:
-    """The JSON record sngan-eval prints as its last line."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise ValueError(f"sngan-eval printed no JSON record:\n{stdout}")
 
 
 def evaluate(
     run_dirs: dict[str, Path], overrides: dict[str, list[str]], dry_run: bool
-) -> dict[str, dict[str, Any]]:
-    """{experiment: {protocol: sngan-eval's record}} for the last checkpoint of each run."""
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """{experiment: {protocol: {generator: sngan-eval's record}}} for each run's last
+    checkpoint.
+
+    What ``sngan-eval <arguments>`` does, called in this process: the twenty evaluations then
+    pay for one torch import, not twenty.
+    """
+    from sngan import checkpoint
+    from sngan.cli import parse_args
+    from sngan.config import ConfigError, EvalConfig
+    from sngan.evaluation import evaluate_checkpoint
+
     results: dict[str, dict[str, Any]] = {}
     for experiment, run_dir in run_dirs.items():
         for protocol in PROTOCOLS:
-            cmd = [
-                console_script("sngan-eval"),
+            arguments = [
                 f"checkpoint={run_dir / 'checkpoints' / 'latest.pt'}",
                 f"metrics.protocol={protocol}",
+                f"generators=[{','.join(GENERATORS)}]",
                 *overrides[protocol],
             ]
-            stdout = run(cmd, dry_run, capture=True)
-            if not dry_run:
-                record = parse_eval_output(stdout)
+            print("+ " + shlex.join(["sngan-eval", *arguments]), flush=True)
+            if dry_run:
+                continue
+            try:
+                records = evaluate_checkpoint(parse_args("sngan-eval", EvalConfig, arguments))
+            except (ConfigError, checkpoint.CheckpointError, OSError, ValueError) as e:
+                raise SystemExit(f"reproduce.py: sngan-eval {shlex.join(arguments)}: {e}") from e
+            for record in records:
                 print(json.dumps(record), flush=True)
-                results.setdefault(experiment, {})[protocol] = record
+            results.setdefault(experiment, {})[protocol] = {r["generator"]: r for r in records}
     return results
 
 
@@ -256,25 +370,54 @@ def _ours(record: dict[str, Any] | None, pending: str) -> str:
     )
 
 
+def _how(records: dict[str, dict[str, Any]]) -> str:
+    """One cell: the sample counts, G_ema's BatchNorm statistics, the training precision."""
+    any_record = next(iter(records.values()))
+    counts = (
+        f"{int(any_record['metrics/num_fake']):,} / {int(any_record['metrics/num_fake_is']):,} / "
+        f"{int(any_record['metrics/num_real']):,}"
+    )
+    ema = records.get("G_ema", {}).get("bn_stats", "—")
+    precision = ", ".join(f"{key}={any_record.get(key)}".lower() for key in ("amp", "compile"))
+    return f"{counts}; G_ema: {ema}; {precision}"
+
+
 def _pending(meta: dict[str, str] | None) -> str:
     # After a run, a missing cell is an experiment that run left out (--only).
     return "not run" if meta else "not yet run"
 
 
 def table(results: dict[str, dict[str, Any]], pending: str) -> str:
-    """The results table: one row per entry of ROWS, ours next to the published numbers."""
+    """The results table: one row per entry of ROWS, ours (G and G_ema) next to the published
+    numbers of each protocol."""
     lines = [
-        "| Experiment (preset) | Ours, standard | Published, 50k protocols "
-        "| Ours, paper | Published, paper protocol |",
-        "|---|---|---|---|---|",
+        "| Experiment (preset) | Ours, standard: G | Ours, standard: G_ema "
+        "| Published, 50k protocols | Ours, paper: G | Ours, paper: G_ema "
+        "| Published, paper protocol |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
         got = results.get(row.experiment, {}) if row.experiment else {}
         mine = pending if row.experiment else "—"
+        cells = {p: [_ours(got.get(p, {}).get(g), mine) for g in GENERATORS] for p in PROTOCOLS}
         lines.append(
-            f"| {row.label} | {_ours(got.get('standard'), mine)} | {row.published_standard} "
-            f"| {_ours(got.get('paper'), mine)} | {row.published_paper} |"
+            f"| {row.label} | {' | '.join(cells['standard'])} | {row.published_standard} "
+            f"| {' | '.join(cells['paper'])} | {row.published_paper} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def provenance_table(results: dict[str, dict[str, Any]]) -> str:
+    """How each of our numbers was made, per experiment and protocol."""
+    lines = [
+        "| Experiment | standard: generated (FID / IS) / real; G_ema's BatchNorm statistics; "
+        "training precision | paper: the same |",
+        "|---|---|---|",
+    ]
+    for row in ROWS:
+        got = results.get(row.experiment) if row.experiment else None
+        if got:
+            lines.append(f"| `{row.experiment}` | {_how(got['standard'])} | {_how(got['paper'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,7 +425,7 @@ def render(
     results: dict[str, dict[str, Any]], *, smoke: bool = False, meta: dict[str, str] | None = None
 ) -> str:
     """docs/results.md: our numbers (or what is still to run) next to the published ones."""
-    lines = ["# Results: SN-GAN on CIFAR-10", ""]
+    lines = ["# Results: SN-GAN on CIFAR-10 and STL-10", ""]
     if smoke:
         lines += [
             f"> **{SMOKE_BANNER}.** Tiny networks trained for two iterations on random images",
@@ -294,12 +437,15 @@ def render(
         lines += ["Produced by " + ", ".join(f"{k}: {v}" for k, v in meta.items()) + ".", ""]
     else:
         lines += [
-            "Our columns are not filled in yet: the reproduction trains eight GANs for 50k-100k",
+            "Our columns are not filled in yet: the reproduction trains ten GANs for 50k-100k",
             "generator iterations each, which needs a GPU. `python scripts/reproduce.py` trains",
             "and evaluates them and rewrites this file (and the table in the README).",
             "",
         ]
-    lines += [table(results, _pending(meta)), PROTOCOL_NOTES, SOURCES]
+    lines += [table(results, _pending(meta)), PROTOCOL_NOTES]
+    if results:
+        lines += ["How our numbers were made:", "", provenance_table(results)]
+    lines += [SOURCES]
     return "\n".join(lines)
 
 
@@ -354,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", metavar="EXP,EXP", help=f"run only these of {', '.join(EXPERIMENTS)}"
     )
+    parser.add_argument(
+        "--jobs", type=int, metavar="N", help="train up to N experiments at once, one GPU each"
+    )
     parser.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
@@ -361,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(only) - set(EXPERIMENTS))
     if unknown:
         parser.error(f"--only: unknown experiments {unknown}; choose from {list(EXPERIMENTS)}")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs: must be at least 1, got {args.jobs}")
     runs = args.runs or Path("runs") / ("reproduce-smoke" if args.smoke else "reproduce")
     out = args.out or REPO / "docs" / "results.md"
     if args.smoke and out.resolve() == (REPO / "docs" / "results.md").resolve():
@@ -382,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke and not any(o.startswith("metrics.cache_dir=") for o in args.eval):
             for p in PROTOCOLS:
                 eval_overrides[p].append(f"metrics.cache_dir={runs / 'fidelity_cache'}")
-        run_dirs = train(runs, train_overrides, only, args.dry_run)
+        sweep_overrides = SMOKE_SWEEP if args.smoke else {}
+        run_dirs = train(runs, train_overrides, only, args.dry_run, args.jobs, sweep_overrides)
         results = evaluate(run_dirs, eval_overrides, args.dry_run)
         if args.dry_run:
             return 0

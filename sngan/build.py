@@ -76,10 +76,18 @@ def training_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def check_fits(
-    cfg: TrainConfig, ctx: distributed.Context, device: torch.device, num_images: int
+    cfg: TrainConfig, ctx: distributed.Context, device: torch.device, labels: torch.Tensor
 ) -> None:
-    """What only the data and the ranks can tell: the batches fit both; sync_bn has CUDA."""
-    o = cfg.optim
+    """What only the data and the ranks can tell: the batches fit both, a conditional model's
+    classes cover the labels; sync_bn has CUDA."""
+    o, m = cfg.optim, cfg.model
+    num_images = len(labels)
+    if m.num_classes and (labels.min() < 0 or labels.max() >= m.num_classes):
+        raise ConfigError(
+            f"model.num_classes={m.num_classes} is not valid for this data: its labels run "
+            f"from {int(labels.min())} to {int(labels.max())} (a conditional model needs labels "
+            f"0..num_classes-1)"
+        )
     ctx.split(o.d_batch_size, "optim.d_batch_size")  # each rank takes an equal share
     ctx.split(o.g_batch_size, "optim.g_batch_size")
     if cfg.sync_bn and ctx.enabled and device.type != "cuda":

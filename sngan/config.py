@@ -21,6 +21,7 @@ import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sngan.data import CIFAR10_SIZE, SOURCES, STL10_SPLITS
@@ -28,9 +29,19 @@ from sngan.losses import LOSSES
 from sngan.models import D_WIDTH_CHOICES, GENERATORS, SUPPORTED_SIZES, default_widths, width_error
 from sngan.protocols import PROTOCOLS
 
-CONFIG_DIR = str(importlib.resources.files("sngan.configs"))
+
+def _config_dir() -> str:
+    try:
+        return str(importlib.resources.files("sngan.configs"))
+    except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed: configs/ beside sngan/
+        return str(Path(__file__).resolve().parents[1] / "configs")
+
+
+CONFIG_DIR = _config_dir()
 
 LR_DECAYS = ("linear", "none")
+GENERATORS_SCORED = ("G_ema", "G")
+BN_STATS = ("copy", "recompute")
 NAN_POLICIES = ("stop", "skip")
 # torch.compile's modes; reduce-overhead adds CUDA graphs.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -77,6 +88,7 @@ class OptimConfig:
     lr_decay: str = "linear"  # linear (to 0 at the last iteration) or none
     ema_decay: float = 0.9999  # decay of G_ema, the weight average that is evaluated
     ema_start: int = 1000  # iterations before G_ema starts averaging (copies G until then)
+    ema_bn_stats: str = "recompute"  # G_ema's BatchNorm stats when sampled/evaluated, or copy
 
     def __post_init__(self) -> None:
         # YAML and JSON have lists, not tuples: every way in (Hydra, from_dict) lands here.
@@ -85,14 +97,18 @@ class OptimConfig:
 
 @dataclass
 class MetricsConfig:
-    eval_every: int = 5000  # iterations between evaluations of G_ema (0: only at the end)
+    eval_every: int = 5000  # iterations between evaluations (0: only at the end)
     enabled: bool = True  # evaluate FID/IS during and at the end of training
+    generators: list[str] = field(default_factory=lambda: ["G_ema", "G"])  # what is scored
+    best: str = "G_ema"  # whose FID best.pt follows
     protocol: str = "standard"  # standard (50k vs train set) or paper (5k vs 10k, appendix B.1)
     num_samples: int | None = None  # generated images; null: the protocol's number
     batch_size: int = 250  # generation and Inception batch size
     kid: bool = False  # also compute KID
+    prc: bool = False  # also compute precision and recall (VGG16 features)
     inception_weights: str | None = None  # local torch-fidelity Inception file (offline use)
-    cache_dir: str | None = None  # where reference statistics are cached (null: torch-fidelity's)
+    prc_weights: str | None = None  # local torchvision VGG16 file for prc (offline use)
+    cache_dir: str | None = None  # where reference features are cached (null: torch-fidelity's)
 
 
 @dataclass
@@ -128,22 +144,28 @@ class SampleConfig:
     """sngan-sample's arguments."""
 
     checkpoint: str = "???"  # a checkpoint file (ckpt_*.pt, latest.pt, best.pt)
-    n: int = 64  # number of images
+    n: int = 64  # images; grid=per_class: per class (row); interpolate: rows
     out: str = "samples.png"  # a .png file for one grid, otherwise a directory of PNG files
     ema: bool = True  # sample G_ema (false: the raw G)
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int = 500
+    seed: int = 0  # seeds z and labels: the same seed, the same images
+    device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
+    batch_size: int = 500  # images per forward of G
+    # `class` is a Python keyword: the command line's class=<k> (sngan.cli maps it to class_).
+    class_: int | None = None  # class=<k>: every image of class k (conditional G); null: uniform
+    grid: str = "square"  # a .png's layout: square (sqrt(n) wide) or per_class (a row per class)
+    interpolate: int = 0  # >= 2: n rows of this many images, slerp between two z; 0: off
 
 
 @dataclass
 class EvalConfig:
-    """sngan-eval's arguments."""
+    """sngan-eval's arguments (of ``metrics``, the training schedule's keys do not apply)."""
 
     checkpoint: str = "???"  # a checkpoint file
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     data_root: str | None = None  # reference images' root (default: the run's data.root)
     ema: bool = True  # evaluate G_ema (false: the raw G)
+    generators: list[str] | None = None  # e.g. [G_ema,G]: both at once; null: as ema says
+    ema_bn_stats: str | None = None  # copy or recompute; null: as the run was evaluated
     device: str = "auto"
     seed: int = 0
 
@@ -168,6 +190,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("loss.name", cfg.loss.name, tuple(LOSSES))
     _choice("data.source", d.source, SOURCES)
     _choice("optim.lr_decay", o.lr_decay, LR_DECAYS)
+    _choice("optim.ema_bn_stats", o.ema_bn_stats, BN_STATS)
+    check_generators("metrics.generators", e.generators)
+    _check(
+        e.best in e.generators,
+        "metrics.best",
+        e.best,
+        f"choose one of the generators scored, metrics.generators={override_value(e.generators)}",
+    )
     _choice("metrics.protocol", e.protocol, PROTOCOLS)
     _choice("nan_policy", cfg.nan_policy, NAN_POLICIES)
     _choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
@@ -221,6 +251,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     )
     check_device_name(cfg.device)
     return cfg
+
+
+def check_generators(key: str, names: list[str]) -> None:
+    """A non-empty list of distinct names from GENERATORS_SCORED."""
+    _check(
+        bool(names) and len(set(names)) == len(names) and set(names) <= set(GENERATORS_SCORED),
+        key,
+        override_value(list(names)),
+        f"a list of distinct names from {', '.join(GENERATORS_SCORED)}, e.g. [G_ema,G]",
+    )
 
 
 def check_architecture(cfg: TrainConfig) -> None:
@@ -444,9 +484,12 @@ def from_hydra(dcfg: Any) -> TrainConfig:
 def unknown_key(key: str) -> ConfigError:
     """An unknown key's error: the closest known key, and the keys that its section has."""
     known = config_keys()
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    section, _, _ = key.rpartition(".")
+    section, _, leaf = key.rpartition(".")
+    # Names are compared within the key's own section, so the shared "model." of every model
+    # key does not make a far-off name look close.
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == section}
+    close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.75)
+    hint = f" (did you mean {siblings[close[0]]}?)" if close else ""
     if section and any(k.startswith(section + ".") for k in known):
         names = [k[len(section) + 1 :] for k in known if k.startswith(section + ".")]
         return ConfigError(f"unknown config key '{key}'{hint}: {section} has {', '.join(names)}")

@@ -1,4 +1,4 @@
-"""Inception Score, FID and KID of a generator, computed by torch-fidelity under a named protocol.
+"""IS, FID, KID and precision/recall of generators, by torch-fidelity, under a named protocol.
 
 Published SN-GAN numbers disagree mostly because of how they were computed, so every number here
 is computed one way and returned next to the sample counts that define it.
@@ -43,38 +43,62 @@ numbers (e.g. IS 8.22, FID 21.7 for the ResNet SN-GAN) with ``paper``, and curre
 port, the resize and the float precision differ slightly from the paper's Chainer pipeline, so
 matching numbers agree to within a few tenths, not bit for bit.
 
-Reference statistics are cached by torch-fidelity in ``cache_dir`` under a name made of
-``reference_name``, the number of real images, a hash of their pixels and a hash of the Inception
-weights, so a later evaluation reuses them and a changed reference or weights file never picks up
-stale ones. The first evaluation needs torch-fidelity's Inception weights: downloaded to torch
-hub's checkpoint directory, or given as a file (``metrics.inception_weights=<file>``) offline.
+- ``metrics/precision``, ``metrics/recall`` (optional, Kynkaanniemi et al. 2019): torch-fidelity's
+  ``prc`` on VGG16 ``fc2_relu`` features of ``num_fake`` generated and ``num_real`` reference
+  images, k = 3 nearest neighbours: the fraction of generated images inside the real images'
+  manifold, and of real images inside the generated ones'.
+
+``Evaluator`` holds one reference set under one protocol: its networks are built once, the
+reference features are computed once (then cached on disk), and each call scores a generator, so
+training and ``sngan-eval`` score G and G_ema without loading Inception twice. It uses
+torch-fidelity's own pieces (its feature extractors, sample loop, IS, FID, KID and PRC functions)
+rather than ``calculate_metrics``, which rebuilds the network and re-reads the cache every call.
+
+Reference features and statistics are cached in ``cache_dir`` (default torch-fidelity's,
+``$TORCH_HOME/fidelity_cache``) under a name made of ``reference_name``, the number of real
+images, a hash of their pixels and a hash of the weights file, so a later evaluation reuses them
+and a changed reference or weights file never picks up stale ones. sngan writes them as plain
+tensors and reads them with ``torch.load(weights_only=True)``: a planted cache file cannot run
+code. The weights reach torch-fidelity only as copies sngan re-saved after checking them
+(``sngan.extractor_weights``); offline, give the files as ``metrics.inception_weights=<file>``
+(and ``metrics.prc_weights=<file>``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch_fidelity
+import torch_fidelity.utils
 from torch.utils.data import Dataset
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.generative_model_base import GenerativeModelBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
 
+from sngan.extractor_weights import (
+    INCEPTION,
+    VGG16,
+    Network,
+    file_digest,
+    find_weights,
+    safe_weights_file,
+)
+from sngan.protocols import Protocol
 from sngan.protocols import protocol as get_protocol
 
-INCEPTION_URL = URL_INCEPTION_V3
-INCEPTION_FILE = os.path.basename(urlparse(URL_INCEPTION_V3).path)
-
 KID_SUBSET_SIZE = 1000
+# The layers each metric reads: Inception's pool features (FID, KID), its logits without the
+# bias (IS, as the original code), VGG16's second fully connected layer after ReLU (PRC).
+FID_LAYER, IS_LAYER, PRC_LAYER = "2048", "logits_unbiased", "fc2_relu"
 
 
 def fid_from_features(features_1: torch.Tensor, features_2: torch.Tensor) -> float:
@@ -83,6 +107,215 @@ def fid_from_features(features_1: torch.Tensor, features_2: torch.Tensor) -> flo
     stats_2 = fid_features_to_statistics(features_2.detach().cpu().double())
     out = fid_statistics_to_metric(stats_1, stats_2, verbose=False)
     return float(out[torch_fidelity.KEY_METRIC_FID])
+
+
+class Evaluator:
+    """Scores generators against one reference set under one protocol (see the module docstring).
+
+    Every argument is checked, and the weights files found and checked, when it is built, before
+    any image is generated. ``reference`` is (N, 3, H, W) uint8; its first ``num_real`` images are
+    used (all of them for ``standard``); ``reference_name`` names their cached features.
+    """
+
+    def __init__(
+        self,
+        reference: torch.Tensor,
+        *,
+        reference_name: str,
+        protocol: str = "standard",
+        num_samples: int | None = None,
+        batch_size: int = 250,
+        kid: bool = False,
+        prc: bool = False,
+        inception_weights: str | None = None,
+        prc_weights: str | None = None,
+        cache_dir: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.spec: Protocol = get_protocol(protocol, num_samples)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if reference.dtype != torch.uint8 or reference.dim() != 4 or reference.shape[1] != 3:
+            raise ValueError(
+                "reference must be (N, 3, H, W) uint8 images, "
+                f"got {tuple(reference.shape)} {reference.dtype}"
+            )
+        spec = self.spec
+        self.num_real = min(spec.num_real or len(reference), len(reference))
+        if self.num_real < 2:
+            raise ValueError(f"FID needs at least 2 reference images, got {len(reference)}")
+        if spec.num_real is not None and self.num_real < spec.num_real:
+            warnings.warn(
+                f"the {spec.name} protocol compares with {spec.num_real} real images but the "
+                f"reference has only {len(reference)}; using all of them (metrics/num_real "
+                "records it)",
+                stacklevel=2,
+            )
+        self.device = torch.device(device if device is not None else _default_device())
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda', got device={self.device}")
+        self.batch_size, self.kid, self.prc = batch_size, kid, prc
+        self.cache_dir = Path(cache_dir) if cache_dir else _fidelity_cache()
+        self.real = reference[: self.num_real].cpu().contiguous()
+        self.reference_name = reference_name
+        # Found and checked now, so that a bad file fails before training, not after it.
+        given = {INCEPTION: inception_weights, VGG16: prc_weights}
+        self.weights: dict[Network, Path] = {}  # the checked copies torch-fidelity loads
+        self.digests: dict[Network, str] = {}  # of the files as given: they name the cache
+        for network in (INCEPTION, VGG16) if prc else (INCEPTION,):
+            original = find_weights(given[network], network)
+            self.weights[network] = safe_weights_file(original, network=network)
+            self.digests[network] = file_digest(original)[:8]
+        self._reference: dict[str, object] = {}
+
+    def __call__(self, G: torch.nn.Module, seed: int = 0) -> dict[str, float]:
+        """The metrics of ``G``'s samples (z and labels from ``seed``), by name, as floats."""
+        spec = self.spec
+        modes = {module: module.training for module in G.modules()}
+        first = next(G.parameters(), None)
+        home = first.device if first is not None else None
+        # torch-fidelity moves things with .cuda(), i.e. to the current CUDA device.
+        cuda = self.device.type == "cuda"
+        on_device = torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
+        try:
+            G.eval().to(self.device)
+            with on_device, full_precision(self.device):
+                reference = self._reference_features()
+                fake = self._features(INCEPTION, G, spec.num_fake_for_is, seed)
+                out = isc_features_to_metric(fake[IS_LAYER], spec.isc_splits, True, seed)
+                if spec.num_fake_is is not None:
+                    # IS on its own sets; FID on the first num_fake of the same noise vectors.
+                    fake = self._features(INCEPTION, G, spec.num_fake, seed)
+                stats = fid_features_to_statistics(fake[FID_LAYER])
+                out |= fid_statistics_to_metric(stats, reference["fid"], verbose=False)
+                if self.kid:
+                    out |= kid_features_to_metric(
+                        fake[FID_LAYER],
+                        reference[FID_LAYER],
+                        kid_subset_size=min(KID_SUBSET_SIZE, spec.num_fake, self.num_real),
+                        rng_seed=seed,
+                        verbose=False,
+                    )
+                if self.prc:
+                    fake_vgg = self._features(VGG16, G, spec.num_fake, seed)
+                    out |= prc_features_to_metric(
+                        fake_vgg[PRC_LAYER], reference[PRC_LAYER], save_cpu_ram=True, verbose=False
+                    )
+        finally:
+            if home is not None:
+                G.to(home)
+            for module, training in modes.items():
+                module.train(training)
+        result = {
+            "metrics/is": out[torch_fidelity.KEY_METRIC_ISC_MEAN],
+            "metrics/is_std": out[torch_fidelity.KEY_METRIC_ISC_STD],
+            "metrics/fid": out[torch_fidelity.KEY_METRIC_FID],
+        }
+        if self.kid:
+            result["metrics/kid"] = out[torch_fidelity.KEY_METRIC_KID_MEAN]
+        if self.prc:
+            result["metrics/precision"] = out[torch_fidelity.KEY_METRIC_PRECISION]
+            result["metrics/recall"] = out[torch_fidelity.KEY_METRIC_RECALL]
+        result |= {
+            "metrics/num_fake": spec.num_fake,
+            "metrics/num_fake_is": spec.num_fake_for_is,
+            "metrics/num_real": self.num_real,
+        }
+        return {k: float(v) for k, v in result.items()}
+
+    def _extractor(self, network: Network) -> torch.nn.Module:
+        """The network, built on first use and kept for the process (per weights and device):
+        a training run, and sngan-eval scoring several generators, load Inception once."""
+        key = (network.name, str(self.weights[network]), str(self.device))
+        if key not in _EXTRACTORS:
+            layers = [FID_LAYER, IS_LAYER] if network is INCEPTION else [PRC_LAYER]
+            _EXTRACTORS[key] = torch_fidelity.utils.create_feature_extractor(
+                network.name,
+                layers,
+                cuda=self.device.type == "cuda",
+                feature_extractor_weights_path=str(self.weights[network]),
+                verbose=False,
+            )
+        return _EXTRACTORS[key]
+
+    def _features(
+        self, network: Network, G: torch.nn.Module, num: int, seed: int
+    ) -> dict[str, torch.Tensor]:
+        """The network's features of ``num`` samples of G, by layer (CPU tensors)."""
+        return torch_fidelity.utils.get_featuresdict_from_generative_model(
+            Samples(G, seed, self.device),
+            self._extractor(network),
+            num,
+            self.batch_size,
+            self.device.type == "cuda",
+            seed,
+            False,
+        )
+
+    def _reference_features(self) -> dict[str, object]:
+        """FID statistics (and KID/PRC features) of the reference: memory, else disk, else made."""
+        if not self._reference:
+            stats = read_cache(self._cache_path(INCEPTION, f"stat-fid-{FID_LAYER}"))
+            if not (isinstance(stats, dict) and stats.keys() == {"mu", "sigma"}):
+                stats = None
+            if stats is None or self.kid:
+                features = self._features_of_reference(INCEPTION, FID_LAYER)
+                if self.kid:
+                    self._reference[FID_LAYER] = features
+                if stats is None:
+                    # np.cov of 50k x 2048 takes seconds: done once per reference, then read.
+                    numpy_stats = fid_features_to_statistics(features)
+                    stats = {k: torch.from_numpy(v) for k, v in numpy_stats.items()}
+                    write_cache(stats, self._cache_path(INCEPTION, f"stat-fid-{FID_LAYER}"))
+            self._reference["fid"] = {k: v.numpy() for k, v in stats.items()}
+            if self.prc:
+                self._reference[PRC_LAYER] = self._features_of_reference(VGG16, PRC_LAYER)
+        return self._reference
+
+    def _features_of_reference(self, network: Network, layer: str) -> torch.Tensor:
+        """The reference's (num_real, D) features at ``layer``, from the cache or computed."""
+        path = self._cache_path(network, f"features-{layer}")
+        features = read_cache(path)
+        if isinstance(features, torch.Tensor) and features.shape[0] == self.num_real:
+            return features
+        features = torch_fidelity.utils.get_featuresdict_from_dataset(
+            _ImageDataset(self.real),
+            self._extractor(network),
+            self.batch_size,
+            self.device.type == "cuda",
+            True,  # save_cpu_ram: no DataLoader workers, indexing an in-memory tensor is free
+            False,
+        )[layer]
+        write_cache(features, path)
+        return features
+
+    def _cache_path(self, network: Network, what: str) -> Path:
+        """torch-fidelity's cache naming: <reference>-<network>-<what>.pt; the reference's name
+        holds its size, a hash of its pixels and of the weights, so nothing stale is read."""
+        reference = [_slug(self.reference_name), f"n{self.num_real}", tensor_digest(self.real)]
+        name = "-".join([*reference, f"w{self.digests[network]}", network.name, what])
+        return self.cache_dir / f"{name}.pt"
+
+
+def read_cache(path: Path) -> object | None:
+    """A cache entry, or None if it is absent, damaged, or not plain tensors (which
+    torch.load(weights_only=True) refuses: a planted file cannot run code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # absent, truncated, foreign (torch-fidelity's own numpy pickles)
+        return None
+
+
+def write_cache(item: object, path: Path) -> None:
+    """Store a cache entry: whole or absent (a killed write leaves no half file under its name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(item, tmp)
+    tmp.replace(path)
+
+
+# The feature extractors this process has built, by (network, weights file, device).
+_EXTRACTORS: dict[tuple[str, str, str], torch.nn.Module] = {}
 
 
 def evaluate(
@@ -94,114 +327,28 @@ def evaluate(
     num_samples: int | None = None,
     batch_size: int = 250,
     kid: bool = False,
+    prc: bool = False,
     inception_weights: str | None = None,
+    prc_weights: str | None = None,
     cache_dir: str | None = None,
     device: torch.device | str | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
-    """IS, FID (and KID) of ``G``'s samples against ``reference`` (N, 3, H, W) uint8 images.
-
-    See the module docstring for what each number is and what the protocols mean. The first
-    ``num_real`` images of ``reference`` are used (all of them for ``standard``); ``reference_name``
-    names their cached statistics (e.g. ``cifar10-train``). ``inception_weights`` is a local copy of
-    torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``; without it the file is looked
-    up in, or downloaded to, torch hub's checkpoint directory. Samples are generated on ``device``
-    (CUDA when available), where Inception also runs.
-    """
-    spec = get_protocol(protocol, num_samples)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-    if reference.dtype != torch.uint8 or reference.dim() != 4 or reference.shape[1] != 3:
-        raise ValueError(
-            "reference must be (N, 3, H, W) uint8 images, "
-            f"got {tuple(reference.shape)} {reference.dtype}"
-        )
-    num_real = len(reference) if spec.num_real is None else min(spec.num_real, len(reference))
-    if num_real < 2:
-        raise ValueError(f"FID needs at least 2 reference images, got {len(reference)}")
-    if spec.num_real is not None and num_real < spec.num_real:
-        warnings.warn(
-            f"the {spec.name} protocol compares with {spec.num_real} real images but the reference "
-            f"has only {len(reference)}; using all of them (metrics/num_real records it)",
-            stacklevel=2,
-        )
-    device = torch.device(device if device is not None else _default_device())
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda', got device={device}")
-
-    weights = inception_weights_file(inception_weights)  # fail before any generation
-    real = reference[:num_real].cpu().contiguous()
-    cache_name = "-".join(
-        [_slug(reference_name), f"n{num_real}", tensor_digest(real), f"w{_file_digest(weights)}"]
-    )
-    options = dict(
-        input2=_ImageDataset(real),
-        input2_cache_name=cache_name,
-        cache_root=cache_dir,
-        cuda=device.type == "cuda",
+    """The metrics of ``G`` against ``reference``: an ``Evaluator`` built and used once."""
+    evaluator = Evaluator(
+        reference,
+        reference_name=reference_name,
+        protocol=protocol,
+        num_samples=num_samples,
         batch_size=batch_size,
-        feature_extractor_weights_path=str(weights),
-        rng_seed=seed,
-        save_cpu_ram=True,  # no DataLoader workers: indexing an in-memory tensor is free
-        verbose=False,
+        kid=kid,
+        prc=prc,
+        inception_weights=inception_weights,
+        prc_weights=prc_weights,
+        cache_dir=cache_dir,
+        device=device,
     )
-    kid_subset_size = min(KID_SUBSET_SIZE, spec.num_fake, num_real)
-
-    modes = {module: module.training for module in G.modules()}
-    first = next(G.parameters(), None)
-    home = first.device if first is not None else None
-    # torch-fidelity moves things with .cuda(), i.e. to the current CUDA device.
-    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    try:
-        G.eval().to(device)
-        with on_device, full_precision(device):
-            if spec.num_fake_is is None:
-                # One pass of Inception over the generated images serves IS, FID and KID.
-                out = torch_fidelity.calculate_metrics(
-                    input1=Samples(G, seed, device),
-                    input1_model_num_samples=spec.num_fake,
-                    isc=True,
-                    isc_splits=spec.isc_splits,
-                    fid=True,
-                    kid=kid,
-                    kid_subset_size=kid_subset_size,
-                    **options,
-                )
-            else:
-                out = torch_fidelity.calculate_metrics(
-                    input1=Samples(G, seed, device),
-                    input1_model_num_samples=spec.num_fake_is,
-                    isc=True,
-                    isc_splits=spec.isc_splits,
-                    **{k: v for k, v in options.items() if not k.startswith("input2")},
-                )
-                out |= torch_fidelity.calculate_metrics(
-                    input1=Samples(G, seed, device),
-                    input1_model_num_samples=spec.num_fake,
-                    fid=True,
-                    kid=kid,
-                    kid_subset_size=kid_subset_size,
-                    **options,
-                )
-    finally:
-        if home is not None:
-            G.to(home)
-        for module, training in modes.items():
-            module.train(training)
-
-    result = {
-        "metrics/is": out[torch_fidelity.KEY_METRIC_ISC_MEAN],
-        "metrics/is_std": out[torch_fidelity.KEY_METRIC_ISC_STD],
-        "metrics/fid": out[torch_fidelity.KEY_METRIC_FID],
-    }
-    if kid:
-        result["metrics/kid"] = out[torch_fidelity.KEY_METRIC_KID_MEAN]
-    result |= {
-        "metrics/num_fake": spec.num_fake,
-        "metrics/num_fake_is": spec.num_fake_for_is,
-        "metrics/num_real": num_real,
-    }
-    return {k: float(v) for k, v in result.items()}
+    return evaluator(G, seed)
 
 
 class Samples(GenerativeModelBase):
@@ -256,6 +403,10 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _fidelity_cache() -> Path:
+    return Path(torch.hub.get_dir()).parent / "fidelity_cache"
+
+
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
     """Plain FP32 inside, whatever autocast or TF32 the caller (e.g. the training loop) enabled.
@@ -272,37 +423,6 @@ def full_precision(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def inception_weights_file(path: str | os.PathLike | None = None) -> Path:
-    """The Inception weights file to load: ``path``, or torch hub's copy, downloaded if missing.
-
-    Raises FileNotFoundError for a missing ``path`` and RuntimeError when the download fails,
-    naming the file and both ways to provide it; callers can run it to fail early.
-    """
-    if path is not None:
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Inception weights file not found: {path} (metrics.inception_weights). It "
-                f"should be torch-fidelity's {INCEPTION_FILE}, downloadable from {INCEPTION_URL}"
-            )
-        return path
-    # Where torch-fidelity's load_state_dict_from_url looks before it downloads.
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    if hub_file.is_file():
-        return hub_file
-    hub_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(INCEPTION_URL, str(hub_file), progress=False)
-    except (OSError, RuntimeError) as err:  # URLError and socket timeouts are OSErrors
-        raise RuntimeError(
-            f"FID/IS need torch-fidelity's Inception weights {INCEPTION_FILE}, which are not in "
-            f"{hub_file.parent} and could not be downloaded from {INCEPTION_URL} "
-            f"({type(err).__name__}: {err}). Download that file on a machine with network access, "
-            f"then either pass it with metrics.inception_weights=<file> or copy it to {hub_file}."
-        ) from err
-    return hub_file
-
-
 def _slug(name: str) -> str:
     """``name`` made safe for a file name; the hash keeps distinct names (e.g. paths) apart."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "reference"
@@ -312,18 +432,5 @@ def _slug(name: str) -> str:
 
 
 def tensor_digest(images: torch.Tensor) -> str:
+    """A short hash of a uint8 image tensor's bytes (names its cached features)."""
     return hashlib.blake2b(images.numpy().data, digest_size=6).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    return _file_digest_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _file_digest_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(functools.partial(f.read, 1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:8]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard import SummaryWriter, summary
 
 from sngan.config import TrainConfig, to_flat
 
@@ -58,23 +58,40 @@ class RunLog:
             self.writer.add_image(f"samples/{name}", grid, step)
             torchvision.utils.save_image(grid, self.run_dir / "samples" / f"{name}_{step:07d}.png")
 
-    def metrics(self, record: dict[str, Any], step: int) -> None:
-        """One evaluation: its numbers to TensorBoard, the whole record to metrics.jsonl."""
+    def evaluation(self, records: dict[str, dict[str, Any]], step: int) -> dict[str, float]:
+        """One evaluation, a record per generator: each to metrics.jsonl (how it was made
+        included), its numbers to TensorBoard as metrics/<generator>/<name>, and the time it
+        all took as perf/eval_s. Returns the TensorBoard values by tag."""
+        logged = {}
+        for name, record in records.items():
+            for key, value in record.items():
+                if key.startswith("metrics/"):
+                    logged[f"metrics/{name}/{key.removeprefix('metrics/')}"] = value
+        logged["perf/eval_s"] = sum(record["perf/eval_s"] for record in records.values())
+        if self.writer is not None:
+            self.scalars(logged, step)
+            with open(self.run_dir / METRICS_FILE, "a") as f:
+                for record in records.values():
+                    f.write(json.dumps({"iteration": step, **record}) + "\n")
+        return logged
+
+    def hparams(self, cfg: TrainConfig, metric_tags: list[str]) -> None:
+        """The config for TensorBoard's HPARAMS tab, with the scalar tags it shows beside it.
+
+        Called when training starts, as Lightning's TensorBoardLogger does, so that a run is
+        listed while it trains and after a kill. The tab reads each metric tag's latest value
+        from this run's own scalars, so no placeholder values are logged.
+        """
         if self.writer is None:
             return
-        self.scalars({k: v for k, v in record.items() if k.startswith(("metrics/", "perf/"))}, step)
-        with open(self.run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps({"iteration": step, **record}) + "\n")
-
-    def hparams(self, cfg: TrainConfig, final: dict[str, float], step: int) -> None:
-        """The config next to the final losses and metrics, for TensorBoard's HPARAMS tab."""
-        if self.writer is not None:
-            self.writer.add_hparams(
-                hparams(cfg),
-                {f"hparam/{k}": v for k, v in final.items()},
-                run_name="hparams",
-                global_step=step,
-            )
+        experiment, start_info, _ = summary.hparams(hparams(cfg), dict.fromkeys(metric_tags))
+        # Into this run's own event file: a run of its own (add_hparams) is listed twice. No
+        # session end info: it would say "success" for a run killed later. Step 0 is never
+        # purged by a resume; TensorBoard keeps the first copy it reads of each of these.
+        file_writer = self.writer._get_file_writer()
+        file_writer.add_summary(experiment, global_step=0)
+        file_writer.add_summary(start_info, global_step=0)
+        file_writer.flush()
 
     def flush(self) -> None:
         if self.writer is not None:

@@ -1,8 +1,12 @@
-"""What sngan-sample and sngan-eval do, callable without the CLI: a checkpoint's generator at work.
+"""What sngan-sample does, callable without the CLI: a checkpoint's generator at work.
 
-``load_generator`` rebuilds G (or G_ema) from a checkpoint alone, through the config saved in it;
-``sample`` writes a grid or a folder of PNG files; ``evaluate_checkpoint`` scores it against the
-images its run trained on.
+``load_generator`` rebuilds G (or G_ema) from a checkpoint alone, through the config saved in it
+(sngan-eval's ``sngan.evaluation.evaluate_checkpoint`` uses it too); ``sample`` writes a grid or a
+folder of PNG files.
+
+Layouts are row-major lists of latents that ``render`` turns into images: ``grid_latents`` for
+the training grids (a conditional model: one row per class, the same 8 z in every row),
+``per_class`` (every z under every label) and ``interpolation`` (rows of ``slerp`` between two z).
 """
 
 from __future__ import annotations
@@ -12,90 +16,277 @@ from typing import Any
 
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 from sngan import checkpoint
-from sngan.build import build_networks, resolve_device, training_images
-from sngan.config import EvalConfig, SampleConfig
-from sngan.evaluation import check_inception, evaluate, reference_name
+from sngan.build import build_networks, resolve_device
+from sngan.config import ConfigError, SampleConfig
 from sngan.models.latent import sample_z
 from sngan.resume import saved_config
+
+GRIDS = ("square", "per_class")
+GRID_COLUMNS = 8  # the training grids: 8 z per row
+# A conditional training grid holds at most this many classes (rows): 10 for CIFAR-10, but the
+# first 16 of CIFAR-100's 100, whose full grid would be too tall to read in TensorBoard.
+GRID_MAX_ROWS = 16
+
+
+def load_generators(
+    path: str | Path, names: list[str], device: torch.device
+) -> tuple[dict[str, nn.Module], dict[str, Any]]:
+    """G_ema and/or G (``names``) of a checkpoint, in eval mode on ``device``, and the
+    checkpoint itself; the networks are rebuilt from the config saved in it."""
+    state = checkpoint.load(path, map_location="cpu")
+    cfg = saved_config(Path(path), state)
+    nets = {}
+    for key in names:
+        G, _ = build_networks(cfg)
+        try:
+            G.load_state_dict(state[key])
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())
+            raise checkpoint.CheckpointError(
+                f"{path}: its {key} weights do not fit the {cfg.model.name} generator of its own "
+                f"config (saved by sngan {state.get('sngan_version')}): {detail[:400]}"
+            ) from e
+        nets[key] = G.to(device).eval()
+    return nets, state
 
 
 def load_generator(
     path: str | Path, ema: bool, device: torch.device
 ) -> tuple[nn.Module, dict[str, Any]]:
     """G_ema (or G) of a checkpoint, in eval mode on ``device``, and the checkpoint itself."""
-    state = checkpoint.load(path, map_location="cpu")
-    cfg = saved_config(Path(path), state)
-    G, _ = build_networks(cfg)
     key = "G_ema" if ema else "G"
-    try:
-        G.load_state_dict(state[key])
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())
-        raise checkpoint.CheckpointError(
-            f"{path}: its {key} weights do not fit the {cfg.model.name} generator of its own "
-            f"config (saved by sngan {state.get('sngan_version')}): {detail[:400]}"
-        ) from e
-    return G.to(device).eval(), state
+    nets, state = load_generators(path, [key], device)
+    return nets[key], state
+
+
+# -- latents --------------------------------------------------------------------------------------
+
+
+def slerp(
+    a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | float, eps: float = 1e-6
+) -> torch.Tensor:
+    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1) along the last dimension.
+
+    slerp(a, b, t) = sin((1 - t) W) / sin W * a + sin(t W) / sin W * b, where
+    cos W = <a, b> / (|a| |b|): the great circle through a and b, so two z of equal norm give
+    z of that norm all the way (a straight line would cut through the low-density centre of
+    N(0, I)). Parallel or antiparallel a and b (sin W < ``eps``) have no one great circle: lerp,
+    (1 - t) a + t b. Shapes broadcast: a, b (..., D), t (...) or (..., 1).
+    """
+    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
+    if t.dim() == a.dim() - 1 or t.dim() == 0:
+        t = t.unsqueeze(-1)  # (..., 1)
+    cos = (a * b).sum(-1, keepdim=True) / (
+        a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)
+    )
+    omega = torch.acos(cos.clamp(-1.0, 1.0))  # (..., 1)
+    sin = torch.sin(omega)
+    degenerate = ~(sin.abs() >= eps)  # NaN too: a zero vector has no direction
+    safe = torch.where(degenerate, torch.ones_like(sin), sin)
+    spherical = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
+    return torch.where(degenerate, (1 - t) * a + t * b, spherical)
+
+
+def per_class(z: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every z under every label, row-major: row c is G's class c, column j is ``z[j]``.
+
+    (k, z_dim) z -> (num_classes * k, z_dim) z and (num_classes * k,) labels.
+    """
+    labels = torch.arange(num_classes, device=z.device).repeat_interleave(len(z))
+    return z.repeat(num_classes, 1), labels
+
+
+def grid_latents(
+    z_dim: int, num_classes: int, gen: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The z (and labels) of the training sample grids, row-major for an 8-wide grid.
+
+    Unconditional: 64 z from ``gen`` (an 8x8 grid). Conditional: 8 z from ``gen``, one row per
+    class (the first ``GRID_MAX_ROWS`` classes), the same 8 z in every row: rows differ only in
+    the label, columns only in z.
+    """
+    if not num_classes:
+        return sample_z(GRID_COLUMNS**2, z_dim, 0, gen, device)
+    z = torch.randn(GRID_COLUMNS, z_dim, generator=gen, device=device)
+    return per_class(z, min(num_classes, GRID_MAX_ROWS))
+
+
+def interpolation(
+    rows: int,
+    steps: int,
+    z_dim: int,
+    num_classes: int,
+    gen: torch.Generator,
+    device: torch.device,
+    label: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``rows`` slerps of ``steps`` z each (endpoints included), row-major.
+
+    From ``gen``, in this order: the rows' start z (rows, z_dim), their end z (rows, z_dim), and
+    for a conditional model one uniform label per row (unless ``label`` fixes it), kept along
+    the row. Returns (rows * steps, z_dim) z and (rows * steps,) labels (None if unconditional).
+    """
+    start = torch.randn(rows, z_dim, generator=gen, device=device)
+    end = torch.randn(rows, z_dim, generator=gen, device=device)
+    t = torch.linspace(0, 1, steps, device=device)
+    z = slerp(start[:, None], end[:, None], t[None, :])  # (rows, steps, z_dim)
+    y = None
+    if num_classes:
+        if label is None:
+            y = torch.randint(0, num_classes, (rows,), generator=gen, device=device)
+        else:
+            y = torch.full((rows,), label, device=device)
+        y = y.repeat_interleave(steps)
+    return z.reshape(rows * steps, z_dim), y
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """G's output in [-1, 1] as uint8 in [0, 255], on the CPU."""
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).byte().cpu()
+
+
+@torch.no_grad()
+def render(G: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    """G(z, y) as (n, 3, H, W) uint8 on the CPU, ``batch_size`` images at a time."""
+    chunks = []
+    for start in range(0, len(z), batch_size):
+        stop = start + batch_size
+        chunks.append(to_uint8(G(z[start:stop], None if y is None else y[start:stop])))
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
 def generate(
-    G: nn.Module, n: int, *, seed: int, batch_size: int, device: torch.device
+    G: nn.Module,
+    n: int,
+    *,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+    label: int | None = None,
 ) -> torch.Tensor:
-    """``n`` images of G as (n, 3, H, W) uint8 on the CPU, z (and labels) from ``seed``."""
+    """``n`` images of G as (n, 3, H, W) uint8 on the CPU, z (and labels) from ``seed``.
+
+    Per batch, z then uniform labels are drawn; ``label`` replaces the labels (the z stay the
+    same, so two classes are drawn from the same z).
+    """
     gen = torch.Generator(device=device).manual_seed(seed)
     chunks = []
     for start in range(0, n, batch_size):
         z, y = sample_z(min(batch_size, n - start), G.z_dim, G.num_classes, gen, device)
-        chunks.append(((G(z, y).float() + 1) * 127.5).round().clamp(0, 255).byte().cpu())
+        if y is not None and label is not None:
+            y = torch.full_like(y, label)
+        chunks.append(to_uint8(G(z, y)))
     return torch.cat(chunks)
 
 
-def write_images(images: torch.Tensor, out: Path) -> None:
-    """A square-ish grid if ``out`` is a .png file, else one PNG per image in the folder ``out``."""
-    if out.suffix.lower() == ".png":
+def is_grid_file(out: str | Path) -> bool:
+    """Whether ``out`` names one grid image (a .png file) rather than a folder of files."""
+    return Path(out).suffix.lower() == ".png"
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """A (3, H, W) uint8 tensor as an RGB PNG file."""
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
+
+
+def write_images(images: torch.Tensor, out: Path, nrow: int | None = None) -> None:
+    """A grid ``nrow`` wide (default: square-ish) if ``out`` is a .png file, else one PNG per
+    image in the folder ``out``."""
+    if is_grid_file(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        grid = torchvision.utils.make_grid(images, nrow=max(1, int(len(images) ** 0.5)))
-        torchvision.io.write_png(grid, str(out))
+        nrow = nrow or max(1, int(len(images) ** 0.5))
+        save_png(torchvision.utils.make_grid(images, nrow=nrow), out)  # 2-pixel padding
         return
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
-        torchvision.io.write_png(img, str(out / f"{i:06d}.png"))
+        save_png(img, out / f"{i:06d}.png")
 
 
-def sample(args: SampleConfig) -> int:
-    """sngan-sample: write ``args.n`` images of the checkpoint's generator; return its iteration."""
+# -- sngan-sample ---------------------------------------------------------------------------------
+
+
+def _invalid(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"{key}={value} is not valid: {why}")
+
+
+def check_sample_args(args: SampleConfig) -> None:
+    """Reject values and combinations that cannot work, before the checkpoint is read."""
+    for key, value in (("n", args.n), ("batch_size", args.batch_size)):
+        if value < 1:
+            raise _invalid(key, value, "must be an integer >= 1")
+    if args.grid not in GRIDS:
+        raise _invalid("grid", args.grid, f"choose one of {', '.join(GRIDS)}")
+    if args.interpolate < 0 or args.interpolate == 1:
+        raise _invalid(
+            "interpolate",
+            args.interpolate,
+            "must be 0 (off) or >= 2 images per row (endpoints included)",
+        )
+    if args.interpolate and not is_grid_file(args.out):
+        raise ConfigError(
+            f"interpolate={args.interpolate} draws rows of a grid: give out=<file>.png, not the "
+            f"folder out={args.out}"
+        )
+    if args.interpolate and args.grid != "square":
+        raise ConfigError(
+            f"interpolate={args.interpolate} and grid={args.grid} cannot be combined: "
+            "interpolate lays out its own rows (one class each: random, or class=<k>)"
+        )
+    if args.grid == "per_class" and not is_grid_file(args.out):
+        raise ConfigError(
+            f"grid=per_class draws a grid: give out=<file>.png, not the folder out={args.out} "
+            "(class=<k> writes one class's images)"
+        )
+    if args.grid == "per_class" and args.class_ is not None:
+        raise ConfigError(
+            f"class={args.class_} and grid=per_class cannot be combined: per_class draws every "
+            "class, class=<k> one"
+        )
+
+
+def check_labels(args: SampleConfig, num_classes: int) -> None:
+    """The label options fit the checkpoint's generator (``num_classes`` 0: unconditional)."""
+    unconditional = "the checkpoint's generator is unconditional (model.num_classes=0)"
+    if num_classes == 0 and args.class_ is not None:
+        raise _invalid("class", args.class_, unconditional)
+    if num_classes == 0 and args.grid == "per_class":
+        raise _invalid("grid", args.grid, unconditional + "; use grid=square")
+    if num_classes and args.class_ is not None and not 0 <= args.class_ < num_classes:
+        raise _invalid(
+            "class",
+            args.class_,
+            f"the checkpoint's generator has {num_classes} classes: 0..{num_classes - 1}",
+        )
+
+
+def sample(args: SampleConfig) -> tuple[int, int]:
+    """sngan-sample: write images of the checkpoint's generator; return its iteration and how
+    many images were written."""
+    check_sample_args(args)
     device = resolve_device(args.device)
     G, state = load_generator(args.checkpoint, args.ema, device)
-    images = generate(G, args.n, seed=args.seed, batch_size=args.batch_size, device=device)
-    write_images(images, Path(args.out))
-    return state["iteration"]
-
-
-def evaluate_checkpoint(args: EvalConfig) -> dict[str, Any]:
-    """sngan-eval: IS/FID of the checkpoint's generator against the images its run trained on."""
-    device = resolve_device(args.device)
-    check_inception(args.metrics)  # before any other work
-    G, state = load_generator(args.checkpoint, args.ema, device)
-    cfg = saved_config(Path(args.checkpoint), state)
-    if args.data_root is not None:
-        cfg.data.root = args.data_root
-    reference, _ = training_images(cfg)
-    result = evaluate(
-        G,
-        reference,
-        args.metrics,
-        reference_name=reference_name(cfg),
-        device=device,
-        seed=args.seed,
-    )
-    return {
-        "checkpoint": str(args.checkpoint),
-        "iteration": state["iteration"],
-        "protocol": args.metrics.protocol,
-        "generator": "G_ema" if args.ema else "G",
-        **result,
-    }
+    check_labels(args, G.num_classes)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    nrow = None
+    if args.interpolate:
+        z, y = interpolation(
+            args.n, args.interpolate, G.z_dim, G.num_classes, gen, device, label=args.class_
+        )
+        images, nrow = render(G, z, y, args.batch_size), args.interpolate
+    elif args.grid == "per_class":
+        z, y = per_class(torch.randn(args.n, G.z_dim, generator=gen, device=device), G.num_classes)
+        images, nrow = render(G, z, y, args.batch_size), args.n
+    else:
+        images = generate(
+            G, args.n, seed=args.seed, batch_size=args.batch_size, device=device, label=args.class_
+        )
+    write_images(images, Path(args.out), nrow)
+    return state["iteration"], len(images)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sngan import checkpoint, distributed, evaluation, resume
+from sngan import checkpoint, distributed, evaluation, resume, runlock
 from sngan.build import (
     TrainState,
     build_train_state,
@@ -36,6 +36,7 @@ from sngan.guard import NonFiniteError, grad_norm
 from sngan.interrupt import Interrupted, StopRequest
 from sngan.models.latent import sample_z
 from sngan.runlog import RunLog
+from sngan.sample import grid_latents
 from sngan.spectral_norm import exact_sigmas, no_power_iteration, sigmas
 
 
@@ -224,9 +225,12 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
 
     ``cfg`` is checked already (``sngan.config.compose`` or ``validate``).
     """
-    # Under torchrun every rank runs this function on its share of each batch.
+    # Under torchrun every rank runs this function on its share of each batch; rank 0 alone
+    # writes, and first takes the run directory's lock (a second writer fails here).
     ctx, device = distributed.setup(resolve_device(cfg.device))
     run_dir = distributed.main_run_dir(ctx, Path(run_dir))
+    if ctx.is_main:
+        runlock.hold(run_dir)
     torch.manual_seed(cfg.seed)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -237,22 +241,25 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
     if saved is not None and saved["iteration"] == cfg.iterations:
         print(f"sngan: {saved_path} is at iteration {cfg.iterations} already; nothing to train")
         return {}
-    e = cfg.metrics
+    e, o = cfg.metrics, cfg.optim
     if e.enabled:
-        evaluation.check_inception(e)
+        evaluation.check_weights_files(e)
 
     # Data: the whole training set as one uint8 tensor (BatchStream moves it to the device).
     images, labels = training_images(cfg)
-    check_fits(cfg, ctx, device, len(images))
+    check_fits(cfg, ctx, device, labels)
+    # Evaluation against the training images (Inception is loaded at the first evaluation, once).
+    evaluator = None
+    if e.enabled and ctx.is_main:
+        evaluator = evaluation.build_evaluator(e, images, evaluation.reference_name(cfg), device)
 
     # Networks, optimisers, schedules, the batch stream, the fast paths; the fixed z of grids.
     s = build_train_state(cfg, images, labels, device, ctx)
     m = cfg.model
-    fixed_z, fixed_y = sample_z(
-        64, m.z_dim, m.num_classes, torch.Generator(device=device).manual_seed(cfg.seed + 2), device
+    # 8x8; conditional: a row per class, the same 8 z in every row (sngan.sample.grid_latents).
+    fixed_z, fixed_y = grid_latents(
+        m.z_dim, m.num_classes, torch.Generator(device=device).manual_seed(cfg.seed + 2), device
     )
-    if fixed_y is not None:
-        fixed_y = torch.arange(64, device=device) % m.num_classes  # each row of the grid a class
 
     # Resume: every piece of state, so that the continued run equals an uninterrupted one.
     start = 0
@@ -263,6 +270,10 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
 
     # Only rank 0 writes logs, samples, metrics and checkpoints.
     log = RunLog(run_dir, start, enabled=ctx.is_main)
+    # The HPARAMS tab's metric columns; the evaluation's with metrics off too, since TensorBoard
+    # takes the columns of every run in its logdir from one run's list.
+    scored = [f"metrics/{g}/{name}" for g in e.generators for name in ("fid", "is")]
+    log.hparams(cfg, ["loss/d", "loss/g", *scored])
     last: dict[str, float] = {}
     t_start = t_log = time.perf_counter()
     it_log = start
@@ -299,24 +310,24 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 bar.set_postfix({k: f"{last[k]:.3f}" for k in ("loss/d", "loss/g")})
             if done % cfg.log_exact_every == 0:
                 log.scalars(exact_sigmas(s.D), done, prefix="sigma_exact/")
-            if done % cfg.sample_every == 0 or done == cfg.iterations:
-                log.sample_grids({"G_ema": s.G_ema, "G": s.G}, fixed_z, fixed_y, done)
+            sample_now = done % cfg.sample_every == 0 or done == cfg.iterations
+            eval_now = evaluator is not None and (
+                e.eval_every and done % e.eval_every == 0 or done == cfg.iterations
+            )
+            if sample_now or eval_now:  # G_ema with G's or with its own BatchNorm statistics
+                G_ema = evaluation.with_bn_stats(s.G_ema, o.ema_bn_stats, o.g_batch_size, cfg.seed)
+                nets = {"G_ema": G_ema, "G": s.G}
+            if sample_now:
+                log.sample_grids(nets, fixed_z, fixed_y, done)
             is_best = False
-            if e.enabled and (e.eval_every and done % e.eval_every == 0 or done == cfg.iterations):
-                t_eval = time.perf_counter()
-                result = evaluation.evaluate(
-                    s.G_ema,
-                    images,
-                    e,
-                    reference_name=evaluation.reference_name(cfg),
-                    device=device,
-                    seed=cfg.seed,
+            if eval_now:
+                how = evaluation.how_made(e.protocol, o.ema_bn_stats, s.fast)
+                records = evaluation.evaluate_generators(
+                    evaluator, {k: nets[k] for k in e.generators}, seed=cfg.seed, how=how
                 )
-                result["perf/eval_s"] = time.perf_counter() - t_eval
-                log.metrics({"protocol": e.protocol, **result}, done)
-                last.update(result)
-                if result["metrics/fid"] < s.best_fid:
-                    s.best_fid, is_best = result["metrics/fid"], True
+                last.update(log.evaluation(records, done))
+                if records[e.best]["metrics/fid"] < s.best_fid:
+                    s.best_fid, is_best = records[e.best]["metrics/fid"], True
             if save_now or is_best or stopping:
                 # Logs first: a checkpoint on disk means every log up to it is on disk too, so a
                 # resume from it (which purges later steps) leaves no gap.
@@ -334,7 +345,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                     stop.signal,
                 )
 
-        # Finish: the ranks agree; the hyper-parameters next to the final numbers.
+        # Finish: the ranks agree.
         bar.close()
         mismatched = distributed.replica_mismatches(
             ctx, s.G, s.D, s.G_ema, skip=() if cfg.sync_bn else distributed.BATCHNORM_STATISTICS
@@ -350,7 +361,6 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 + ("" if cfg.sync_bn else "; G's BatchNorm statistics are rank 0's")
             )
         final = {k: v for k, v in last.items() if k.startswith(("loss/", "metrics/"))}
-        log.hparams(cfg, final, cfg.iterations)
     elapsed = time.perf_counter() - t_start
     summary = ", ".join(f"{k}={v:.4g}" for k, v in final.items())
     print(

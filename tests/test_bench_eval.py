@@ -1,26 +1,23 @@
 """scripts/bench_eval.py --quick on the CPU: every stage timed, the real metrics code, no target.
 
-One subprocess, as a user runs it: 50 generated and 50 reference images through the paper's
-ResNet G and Inception at one thread (about 40 s on two idle cores). Times are checked for being
-there and sane, not for their values.
+One subprocess, as a user runs it (step 5 of scripts/gpu_check.sh --cpu-smoke, which the
+session runs once): 12 generated and 12 reference images through the paper's ResNet G and
+Inception at one thread. Times are checked for being there and sane, not for their values.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import asdict
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from sngan.build import FastPaths
 from sngan.config import ModelConfig, TrainConfig
 
-NUM = 50  # --quick: generated and reference images
+NUM = 12  # --quick: generated and reference images
 STAGES = {"generation", "first_evaluation", "cached_evaluation", "fid_cpu"}
 
 
@@ -35,13 +32,13 @@ def resnet_g_gflop(z_dim: int, ch: int, bottom: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("bench_eval") / "eval.json"
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "bench_eval.py"), "--quick"]
-    cmd += ["--device", "cpu", "--threads", "1", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+def quick(gpu_check_smoke) -> tuple[dict, str]:
+    """gpu_check.sh --cpu-smoke's step 5: `bench_eval.py --quick --device cpu --threads 1 --json`
+    (the one run of it in the suite), its JSON and its printed report."""
+    _, out, _ = gpu_check_smoke
+    return json.loads((out / "5_bench_eval.json").read_text()), (
+        out / "5_bench_eval.log"
+    ).read_text()
 
 
 def positive_seconds(x: float) -> bool:

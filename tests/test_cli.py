@@ -53,7 +53,8 @@ def test_train_writes_config_events_checkpoint_and_samples(trained):
     assert set(acc.Tags()["images"]) == {"samples/G", "samples/G_ema"}
     assert (trained / "checkpoints" / "latest.pt").is_file()
     grid = Image.open(trained / "samples" / "G_ema_0000004.png")
-    assert grid.size == (8 * 32 + 9 * 2, 8 * 32 + 9 * 2)  # make_grid: 8x8, 2-pixel padding
+    # make_grid with 2-pixel padding: 8 columns of z, one row per class of the 10.
+    assert grid.size == (8 * 32 + 9 * 2, 10 * 32 + 11 * 2)
 
 
 def test_sample_writes_a_grid_and_files(trained, tmp_path):

@@ -9,6 +9,7 @@ that no training time was spent.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -22,8 +23,9 @@ import torch
 from conftest import TINY, compose_config
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from sngan import __version__, checkpoint, metrics
+from sngan import __version__, checkpoint
 from sngan.cli import eval_main, train_main
+from sngan.extractor_weights import INCEPTION_FILE, INCEPTION_URL
 from sngan.train import train
 
 BIN = Path(sys.executable).parent
@@ -33,7 +35,10 @@ TOP_KEYS = (
     "joint_d_forward, threads, sync_bn, log_every, log_exact_every, sample_every, "
     "checkpoint_every, keep_checkpoints, nan_policy, progress, resume"
 )
-OPTIM_KEYS = "n_dis, g_lr, d_lr, betas, d_batch_size, g_batch_size, lr_decay, ema_decay, ema_start"
+OPTIM_KEYS = (
+    "n_dis, g_lr, d_lr, betas, d_batch_size, g_batch_size, lr_decay, ema_decay, ema_start, "
+    "ema_bn_stats"
+)
 
 # Overrides that Hydra itself rejects or lets through unchecked, and sngan's one-line message.
 HYDRA_ERRORS = {
@@ -234,7 +239,8 @@ def test_a_checkpoint_of_another_architecture(run_copy, monkeypatch, capsys):
         "has 16), model.g_channels=512 (the run has 8), model.d_channels=64 (the run has 8). A "
         "resume may change only iterations, device, amp, compile, compile_mode, channels_last, "
         "fused_adam, joint_d_forward, threads, progress, log_every, log_exact_every, sample_every, "
-        "checkpoint_every, keep_checkpoints, nan_policy and metrics.*; pass only those with "
+        "checkpoint_every, keep_checkpoints, nan_policy, optim.ema_bn_stats and metrics.*; pass "
+        "only those with "
         "resume=..., or start a new run in another directory"
     )
 
@@ -339,11 +345,11 @@ def test_inception_weights_missing_while_offline(tmp_path, monkeypatch, capsys, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     assert data_error(monkeypatch, capsys, tmp_path, "metrics.enabled=true") == (
-        f"FID/IS need torch-fidelity's Inception weights {metrics.INCEPTION_FILE}, which are not "
-        f"in {hub} and could not be downloaded from {metrics.INCEPTION_URL} (URLError: <urlopen "
+        f"FID/IS need torch-fidelity's Inception weights {INCEPTION_FILE}, which are not "
+        f"in {hub} and could not be downloaded from {INCEPTION_URL} (URLError: <urlopen "
         "error [Errno -3] Temporary failure in name resolution>). Download that file on a machine "
         "with network access, then either pass it with metrics.inception_weights=<file> or copy "
-        f"it to {hub / metrics.INCEPTION_FILE}."
+        f"it to {hub / INCEPTION_FILE}."
     )
 
 
@@ -351,7 +357,7 @@ def test_an_inception_weights_file_that_is_not_there(tmp_path, monkeypatch, caps
     missing = tmp_path / "inception.pth"
     expected = (
         f"Inception weights file not found: {missing} (metrics.inception_weights). It should be "
-        f"torch-fidelity's {metrics.INCEPTION_FILE}, downloadable from {metrics.INCEPTION_URL}"
+        f"torch-fidelity's {INCEPTION_FILE}, downloadable from {INCEPTION_URL}"
     )
     args = ("metrics.enabled=true", f"metrics.inception_weights={missing}")
     assert data_error(monkeypatch, capsys, tmp_path, *args) == expected
@@ -362,3 +368,88 @@ def test_an_inception_weights_file_that_is_not_there(tmp_path, monkeypatch, caps
         eval_main([f"checkpoint={ckpt}", f"metrics.inception_weights={missing}"])
     assert exit_.value.code == 1
     assert capsys.readouterr().err == f"sngan-eval: error: {expected}\n"
+
+
+# Weights files for the metrics: checked before Hydra makes a run directory, without running code.
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory) -> Path:
+    from inception_fixture import write_random_inception_weights
+
+    return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "w.pth")
+
+
+def bad_weights(kind: str, good: Path, tmp_path: Path) -> Path:
+    path = tmp_path / f"{kind}.pth"
+    if kind == "text":
+        path.write_text("these are not the weights you are looking for\n")
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"a": [1, 2, 3]}))
+    elif kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+    elif kind == "missing_key":
+        state = torch.load(good, weights_only=True)
+        state.pop(next(iter(state)))
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "truncated", "missing_key"])
+def test_a_bad_inception_file_fails_before_anything_is_written(
+    kind, inception_file, tmp_path, monkeypatch, capsys
+):
+    path = bad_weights(kind, inception_file, tmp_path)
+    run_dir = tmp_path / "run"
+    args = ("metrics.enabled=true", f"metrics.inception_weights={path}", f"hydra.run.dir={run_dir}")
+    err = cli_error(monkeypatch, capsys, *TINY, *args)
+    assert err.startswith(f"sngan-train: error: Inception weights file {path} "), err
+    assert not run_dir.exists()  # no run directory, so no checkpoint either
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_an_inception_file_that_would_run_code_is_refused_without_running_it(
+    inception_file, tmp_path, monkeypatch, capsys
+):
+    marker = tmp_path / "the-payload-ran"
+    path = tmp_path / "crafted.pth"
+    state = torch.load(inception_file, weights_only=True)
+    state["fc.weight"] = _RunsCodeWhenUnpickled(marker)
+    torch.save(state, path)
+    run_dir = tmp_path / "run"
+    args = ("metrics.enabled=true", f"metrics.inception_weights={path}", f"hydra.run.dir={run_dir}")
+    err = cli_error(monkeypatch, capsys, *TINY, *args)
+    assert err.startswith(
+        f"sngan-train: error: Inception weights file {path} holds objects that "
+        "torch.load(weights_only=True) refuses, as loading them could run code"
+    ), err
+    assert not marker.exists() and not run_dir.exists()
+
+
+@pytest.mark.parametrize("weights_present", [True, False])
+@pytest.mark.parametrize("checkpoint_kind", ["missing", "garbage"])
+def test_sngan_eval_names_a_bad_checkpoint_before_looking_for_weights(
+    checkpoint_kind, weights_present, inception_file, tmp_path, monkeypatch, capsys, offline
+):
+    ckpt = tmp_path / "latest.pt"
+    if checkpoint_kind == "garbage":
+        ckpt.write_bytes(os.urandom(256))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no weights in torch hub
+    weights = [f"metrics.inception_weights={inception_file}"] if weights_present else []
+    monkeypatch.setattr(sys, "argv", ["sngan-eval"])
+    with pytest.raises(SystemExit) as exit_:
+        eval_main([f"checkpoint={ckpt}", *weights, "device=cpu"])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sngan-eval: error: ") and str(ckpt) in err, err
+    message = {"missing": "does not exist", "garbage": "is not an sngan checkpoint"}
+    assert message[checkpoint_kind] in err
+    assert "Inception" not in err

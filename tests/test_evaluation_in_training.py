@@ -44,23 +44,67 @@ def evaluated_run(tmp_path_factory, weights) -> Path:
     return run_dir
 
 
-def test_every_evaluation_is_logged_and_recorded(evaluated_run):
-    records = [json.loads(x) for x in (evaluated_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [2, 4]
+def records_of(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_both_generators_are_logged_and_recorded_with_how_they_were_made(evaluated_run):
+    records = records_of(evaluated_run)
+    # Every evaluation scores G_ema then G (metrics.generators' default order).
+    assert [(r["iteration"], r["generator"]) for r in records] == [
+        (2, "G_ema"),
+        (2, "G"),
+        (4, "G_ema"),
+        (4, "G"),
+    ]
     for r in records:
         assert r["protocol"] == "standard" and r["metrics/num_fake"] == 10
+        # G_ema with its own statistics (the default), G with its own; CPU: fp32 eager training.
+        assert r["bn_stats"] == ("recompute" if r["generator"] == "G_ema" else "own")
+        assert (r["amp"], r["compile"]) == (False, False)
         for key in ("metrics/fid", "metrics/is", "metrics/is_std", "perf/eval_s"):
             assert math.isfinite(r[key]), key
     acc = read_events(evaluated_run)
-    logged = {e.step: e.value for e in acc.Scalars("metrics/fid")}
-    assert logged == pytest.approx({r["iteration"]: r["metrics/fid"] for r in records})
+    for name in ("G_ema", "G"):
+        logged = {e.step: e.value for e in acc.Scalars(f"metrics/{name}/fid")}
+        want = {r["iteration"]: r["metrics/fid"] for r in records if r["generator"] == name}
+        assert logged == pytest.approx(want)
+    # The two generators differ (G_ema starts averaging at iteration 2 of this config).
+    ema, raw = (next(r for r in records[2:] if r["generator"] == n) for n in ("G_ema", "G"))
+    assert ema["metrics/fid"] != raw["metrics/fid"]
     assert "perf/eval_s" in acc.Tags()["scalars"]
+    assert not any(t.startswith("metrics/fid") for t in acc.Tags()["scalars"])
 
 
-def test_best_checkpoint_follows_the_lowest_fid(evaluated_run):
-    records = [json.loads(x) for x in (evaluated_run / "metrics.jsonl").read_text().splitlines()]
+def test_best_checkpoint_follows_the_lowest_fid_of_g_ema(evaluated_run):
+    records = [r for r in records_of(evaluated_run) if r["generator"] == "G_ema"]
     best = min(records, key=lambda r: r["metrics/fid"])
     state = checkpoint.load(evaluated_run / "checkpoints" / "best.pt")
+    assert state["iteration"] == best["iteration"]
+    assert state["best_fid"] == pytest.approx(best["metrics/fid"])
+
+
+def test_best_checkpoint_can_follow_g(tmp_path, weights):
+    from conftest import compose_config
+
+    cfg = compose_config(
+        "metrics.enabled=true",
+        "metrics.eval_every=1",
+        "metrics.generators=[G]",
+        "metrics.best=G",
+        "metrics.num_samples=10",
+        "metrics.batch_size=10",
+        f"metrics.inception_weights={weights}",
+        f"metrics.cache_dir={tmp_path / 'fidelity-cache'}",
+        "data.num_images=16",  # the reference: Inception takes ~0.2 s an image on a CPU core
+        "iterations=3",
+        "checkpoint_every=100",
+    )
+    train(cfg, tmp_path)
+    records = records_of(tmp_path)
+    assert {r["generator"] for r in records} == {"G"} and len(records) == 3
+    best = min(records, key=lambda r: r["metrics/fid"])
+    state = checkpoint.load(tmp_path / "checkpoints" / "best.pt")
     assert state["iteration"] == best["iteration"]
     assert state["best_fid"] == pytest.approx(best["metrics/fid"])
 

@@ -20,9 +20,11 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 import torch_fidelity.utils
+import torchvision
 from inception_fixture import write_random_inception_weights
 from PIL import Image
 from torch import nn
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from sngan import metrics, protocols
 from sngan.data import load_images
@@ -379,3 +381,114 @@ def test_evaluate_on_cuda(tmp_path, inception_weights, reference):
     on_cpu = metrics.evaluate(G, reference, device="cpu", **kwargs)
     assert out["metrics/fid"] == pytest.approx(on_cpu["metrics/fid"], rel=1e-3, abs=1e-4)
     assert out["metrics/is"] == pytest.approx(on_cpu["metrics/is"], rel=1e-4)
+
+
+class CyclicReplay(ReplayGenerator):
+    """ReplayGenerator starting over at each pass (precision/recall draws a second pass)."""
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self.next %= len(self.images)
+        return super().forward(z, y)
+
+
+class PooledPixels(FeatureExtractorBase):
+    """A stand-in for VGG16 in precision/recall: 4x4-pooled pixels as its "fc2_relu" (N, 48)."""
+
+    def __init__(self, name, features_list, **kwargs):
+        super().__init__(name, features_list)
+
+    def forward(self, x):
+        return (F.avg_pool2d(x.float(), 8).flatten(1),)
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("fc2_relu",)
+
+
+def test_precision_and_recall_come_from_the_vgg16_features(
+    tmp_path, monkeypatch, inception_weights, reference
+):
+    """metrics.prc: torch-fidelity's precision/recall on the second network's features. With a
+    stand-in for VGG16 (its 528 MB weights file is a slow test below): the reference against
+    itself lies in its own manifold (1, 1); a much brighter copy lies outside it (0, 0)."""
+    vgg = tmp_path / "vgg16.pth"
+    vgg.write_bytes(b"stand-in")
+    monkeypatch.setattr(metrics, "safe_weights_file", lambda path, network: Path(path))
+    create = torch_fidelity.utils.create_feature_extractor
+
+    def extractor(name, layers, **kwargs):
+        if name == "vgg16":
+            return PooledPixels(name, layers)
+        return create(name, layers, **kwargs)
+
+    monkeypatch.setattr(torch_fidelity.utils, "create_feature_extractor", extractor)
+    kwargs = dict(
+        reference_name="cifar10-train",
+        num_samples=NUM_REAL,
+        batch_size=8,
+        prc=True,
+        inception_weights=str(inception_weights),
+        prc_weights=str(vgg),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
+    evaluator = metrics.Evaluator(reference, **kwargs)
+    same = evaluator(CyclicReplay(reference))
+    assert set(same) == KEYS | {"metrics/precision", "metrics/recall"}
+    assert (same["metrics/precision"], same["metrics/recall"]) == (1.0, 1.0)
+    brighter = (reference.int() + 120).clamp(max=255).to(torch.uint8)
+    far = evaluator(CyclicReplay(brighter))
+    assert (far["metrics/precision"], far["metrics/recall"]) == (0.0, 0.0)
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert any(name.endswith("-vgg16-features-fc2_relu.pt") for name in cached), cached
+
+
+def test_an_evaluator_builds_inception_once_for_every_call(
+    tmp_path, monkeypatch, inception_weights, reference, reference_extractions
+):
+    """Training scores G and G_ema at every evaluation: one network, one reference pass."""
+    monkeypatch.setattr(metrics, "_EXTRACTORS", {})  # none built yet by this process
+    built: list[str] = []
+    create = torch_fidelity.utils.create_feature_extractor
+
+    def counting(name, layers, **kwargs):
+        built.append(name)
+        return create(name, layers, **kwargs)
+
+    monkeypatch.setattr(torch_fidelity.utils, "create_feature_extractor", counting)
+    evaluator = metrics.Evaluator(
+        reference,
+        reference_name="cifar10-train",
+        num_samples=10,
+        batch_size=10,
+        inception_weights=str(inception_weights),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
+    G, other = TinyGenerator(), TinyGenerator()
+    first = evaluator(G, seed=0)
+    evaluator(other, seed=1)
+    again = evaluator(G, seed=0)
+    assert built == ["inception-v3-compat"] and reference_extractions == [NUM_REAL]
+    assert again == first  # the same generator and seed: the same numbers
+
+
+@pytest.mark.slow
+def test_precision_and_recall_through_torchvisions_vgg16(tmp_path, inception_weights, reference):
+    """The real VGG16 path with random weights in torchvision's format (a 528 MB file, minutes
+    on a CPU: not in the default run)."""
+    vgg = tmp_path / "vgg16-random.pth"
+    torch.save(torchvision.models.vgg16().state_dict(), vgg)
+    out = metrics.evaluate(
+        CyclicReplay(reference),
+        reference,
+        reference_name="cifar10-train",
+        num_samples=NUM_REAL,
+        batch_size=5,
+        prc=True,
+        inception_weights=str(inception_weights),
+        prc_weights=str(vgg),
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
+    assert (out["metrics/precision"], out["metrics/recall"]) == (1.0, 1.0)
