@@ -46,6 +46,11 @@ class Context:
         return batch_size // self.world_size
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is torchrun's global rank 0, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device) -> tuple[Context, torch.device]:
     """Join torchrun's process group if there is one; return the context and this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -102,6 +107,35 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
             setattr(module, name, sync.to(next(child.buffers()).device))
         else:
             convert_sync_batchnorm(child)
+    return module
+
+
+class _BatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that accepts and ignores labels, like sngan's (and _SyncBatchNorm)."""
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+def without_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every SyncBatchNorm in ``module`` (in place) by a BatchNorm2d with its state.
+
+    For a copy that one rank runs alone in train mode (standing statistics of G_ema): a
+    SyncBatchNorm there would wait for the other ranks forever.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = _BatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain.to(next(child.buffers()).device))
+        else:
+            without_sync_batchnorm(child)
     return module
 
 

@@ -11,6 +11,8 @@ to continue with must agree. (``sngan.checkpoint`` is the file format underneath
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,7 @@ RESUMABLE_OVERRIDES = (
     "checkpoint_every",
     "keep_checkpoints",
     "nan_policy",
+    "optim.ema_bn_stats",  # how G_ema is evaluated and sampled, not how anything trains
 )
 # What a checkpoint needs beyond sngan.checkpoint.REQUIRED_KEYS to be resumed.
 RESUME_KEYS = ("sched_g", "sched_d", "stream", "rng", "best_fid")
@@ -74,6 +77,9 @@ def snapshot(state: TrainState, iteration: int) -> dict[str, Any]:
         "rng": {"z": state.z_gen.get_state(), "torch": torch.get_rng_state()},
         "best_fid": state.best_fid,
         "skipped": state.guard.skipped,
+        # The fast paths as resolved on the device (amp, compile: the run's precision), which
+        # evaluations of this checkpoint report next to their numbers.
+        "fast_paths": dataclasses.asdict(state.fast),
     }
 
 
@@ -137,6 +143,19 @@ def checkpoint_to_resume(
             f"{state['iteration']}"
         )
     return state, path
+
+
+def requeued(run_dir: Path) -> bool:
+    """A job that SLURM or submitit started again (its directory holds its own checkpoints).
+
+    A sweep's job directories are new (timestamped), so checkpoints there can only be the
+    job's own, from before it was preempted or reached its time limit.
+    """
+    on_cluster = "SUBMITIT_EXECUTOR" in os.environ or int(os.environ.get("SLURM_RESTART_COUNT", 0))
+    try:
+        return bool(on_cluster) and checkpoint.find_latest(run_dir) is not None
+    except checkpoint.CheckpointError:
+        return False
 
 
 def saved_config(path: Path, state: dict[str, Any]) -> TrainConfig:

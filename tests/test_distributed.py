@@ -47,6 +47,53 @@ def test_torchrun_two_processes(tmp_path):
     assert state["iteration"] == 4
 
 
+def test_torchrun_two_nodes_on_localhost(tmp_path):
+    """Two torchrun agents ("nodes", one process each) meet at a c10d rendezvous, as on two
+    machines; each node is given its own run directory, as if they shared no filesystem."""
+    overrides = [o for o in TINY if not o.startswith("checkpoint_every")]
+    endpoint = f"127.0.0.1:{_free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={endpoint}",
+                "--rdzv-id=sngan-test",
+                "-m",
+                "sngan.cli",
+                *overrides,
+                "checkpoint_every=100",
+                f"hydra.run.dir={tmp_path / f'node{node}'}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, out[-3000:] + err[-3000:]
+    stdout = "".join(out for out, _ in outputs)
+    assert stdout.count("G, D and G_ema (u and v included) are identical on 2 ranks") == 1
+    # One writer: global rank 0 (whichever node the rendezvous made it) has the checkpoints and
+    # the lock; the other node's directory is gone (it held only Hydra's files of its start).
+    written = [d for d in tmp_path.glob("node*") if (d / "checkpoints").exists()]
+    assert len(written) == 1
+    (main,) = written
+    assert (main / ".sngan.lock").is_file()
+    assert [p.name for p in (main / "checkpoints").glob("ckpt_*.pt")] == ["ckpt_0000004.pt"]
+    assert len(list((main / "tb").glob("events.out.tfevents.*"))) == 1
+    assert [d.name for d in tmp_path.glob("node*")] == [main.name]
+    assert torch.load(main / "checkpoints" / "latest.pt", weights_only=True)["iteration"] == 4
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
