@@ -234,6 +234,7 @@ def bench_model(
             "d_channels": cfg.model.d_channels,
             "num_classes": cfg.model.num_classes,
             "num_images": len(images),
+            "image_size": cfg.data.image_size,
         },
         "images_per_iteration": per_iteration,
         "variants": {},
@@ -299,7 +300,11 @@ def print_table(results: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="resnet,dcgan", help="comma-separated: resnet,dcgan")
+    p.add_argument(
+        "--models",
+        default="resnet,dcgan",
+        help=f"comma-separated, of {', '.join(PRESETS)} (stl10_*: the 48-pixel presets)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument(
         "--iterations",

@@ -37,7 +37,12 @@ MIB = 2**20
 # The repository checkout this module was imported from (an editable install): its tests/.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Model name -> the config preset holding its official hyperparameters.
-PRESETS = {"resnet": "sngan_resnet", "dcgan": "sngan_dcgan"}
+PRESETS = {
+    "resnet": "sngan_resnet",
+    "dcgan": "sngan_dcgan",
+    "stl10_resnet": "sngan_stl10_resnet",
+    "stl10_dcgan": "sngan_stl10_dcgan",
+}
 # The spectral norms a discriminator can be timed with (see swap_spectral_norm).
 SN_VARIANTS = ("none", "ours", "torch")
 
@@ -248,7 +253,11 @@ def preset_config(model: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """The real config (configs/train.yaml) with ``model``'s preset and ``overrides``, checked."""
     if model not in PRESETS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(PRESETS)}")
-    return compose([f"experiment={PRESETS[model]}", *overrides])
+    preset = f"experiment={PRESETS[model]}"
+    # The preset's image size survives data=synthetic (whose own is CIFAR-10's 32) unless the
+    # overrides set one: value overrides apply after group choices, later ones win.
+    size = compose([preset]).data.image_size
+    return compose([preset, f"data.image_size={size}", *overrides])
 
 
 def swap_spectral_norm(model: nn.Module, variant: str) -> nn.Module:

@@ -84,13 +84,11 @@ def test_bench_spectral_norm_writes_json(tmp_path):
         assert result["ratio"]["ours/none"]["min"] == pytest.approx(pairs[0])
 
 
-def test_benchmark_quick_writes_json(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = run_script(
-        "benchmark.py", "--quick", "--threads", "1", "--device", "cpu", "--json", str(out)
-    )
-    assert "speedup ref/ours" in proc.stdout
-    data = json.loads(out.read_text())
+def test_benchmark_quick_writes_json(gpu_check_smoke):
+    # gpu_check.sh --cpu-smoke's step 4 ran `benchmark.py --quick --threads 1 --device cpu --json`.
+    _, out, _ = gpu_check_smoke
+    assert "speedup ref/ours" in (out / "4_benchmark.log").read_text()
+    data = json.loads((out / "4_benchmark.json").read_text())
     check_machine(data["machine"])
     assert data["settings"]["quick"] is True
     # train()'s defaults on the CPU: channels_last, none of the other CUDA fast paths.
