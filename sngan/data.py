@@ -13,17 +13,21 @@ import os
 import pickle
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
 
 from sngan.image_cache import file_signature, load_cached, resolve_cache_dir
+
+if TYPE_CHECKING:
+    import torchvision
+
+# torchvision is imported where a dataset is fetched or read, not here: importing it takes seconds
+# (it loads torch._dynamo), and the CLI imports this module to check a config and refuse a bad one.
 
 SOURCES = ("cifar10", "stl10", "folder", "synthetic")
 
@@ -35,8 +39,9 @@ CIFAR10_TEST_FILES = ("test_batch",)
 CIFAR10_SIZE = 32
 NUM_SYNTHETIC_CLASSES = 10
 
-STL10_URL = torchvision.datasets.STL10.url
-STL10_DIR = torchvision.datasets.STL10.base_folder  # stl10_binary
+# torchvision.datasets.STL10's url and base_folder (tests/test_data.py checks they still are).
+STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
+STL10_DIR = "stl10_binary"
 STL10_SIZE = 96
 # The splits the paper trained on; the 5,000 labelled training images come first, as torchvision
 # orders them.
@@ -125,6 +130,8 @@ def load_cifar10(
         if download:
             # torchvision only fetches and extracts; reading goes through our own loop below
             # (its md5 check and per-item PIL path are not wanted for that).
+            import torchvision
+
             try:
                 torchvision.datasets.CIFAR10(str(root), train=train, download=True)
                 reason = "the download finished without them"
@@ -172,6 +179,8 @@ def load_stl10(
         if download:
             # As for CIFAR-10, torchvision only fetches and extracts (and, being torchvision,
             # reads the arrays once, which we drop); our own reader below does the rest.
+            import torchvision
+
             try:
                 torchvision.datasets.STL10(str(root), split=split, download=True)
                 reason = "the download finished without them"
@@ -278,6 +287,8 @@ def load_folder(
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of an ImageFolder tree, as RGB, resized and centre-cropped (decoded once)."""
+    import torchvision
+
     dataset = scan_folder(root)
     paths = [path for path, _ in dataset.samples]
     key = {
@@ -298,6 +309,9 @@ def load_folder(
 
 def scan_folder(root: str | os.PathLike | None) -> torchvision.datasets.ImageFolder:
     """The ImageFolder listing of ``root`` (nothing decoded yet), or an error that says why not."""
+    import torchvision
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     if root is None:
         raise FileNotFoundError(
             "source 'folder' needs data.root=<dir>, "
@@ -327,6 +341,8 @@ def decode_folder(
     dataset: torchvision.datasets.ImageFolder, *, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode, resize and centre-crop every image of the listing: images, labels, class names."""
+    from torchvision.transforms import v2
+
     # Resize on the PIL image (its antialiased filters), then crop; an image already at
     # image_size passes through untouched. A change here needs a new FOLDER_TRANSFORM.
     transform = v2.Compose([v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])

@@ -163,6 +163,19 @@ def test_stl10_train_plus_unlabeled_is_train_first(stl10_root: Path) -> None:
     assert on_disk.tolist() == (train_labels + 1).tolist()  # 1..10 in the file
 
 
+def test_stl10_location_is_torchvisions():
+    # sngan.data names them without importing torchvision; they must stay torchvision's.
+    assert torchvision.datasets.STL10.url == sngan.data.STL10_URL
+    assert torchvision.datasets.STL10.base_folder == sngan.data.STL10_DIR
+
+
+def test_checking_a_config_does_not_import_torchvision():
+    """The CLI refuses a bad config before the seconds that importing torchvision takes."""
+    code = "import sys, sngan.cli; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("split", ["unlabeled", "train+unlabeled"])
 def test_stl10_fixture_reads_the_same_in_torchvision(
     stl10_root: Path, split: str, monkeypatch: pytest.MonkeyPatch
