@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Under pytest-xdist two workers, and the subprocesses they start, share CI's two cores: one
+# torch (OpenMP) thread each, so that no thread spins waiting for a core another process holds.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -93,13 +102,100 @@ def _private_cache(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
 
 
+# Test files that read the one session run of scripts/gpu_check.sh --cpu-smoke (gpu_check_smoke).
+GPU_CHECK_READERS = ("test_gpu_check.py", "test_benchmarks.py", "test_bench_eval.py")
+# The files that take longest on CI's two cores, longest first. They are started first, so that
+# the two workers end together instead of one finishing a long file alone.
+LONGEST_FIRST = (
+    "test_reproduce.py",
+    *GPU_CHECK_READERS,
+    "test_evaluation_in_training.py",
+    "test_resolutions.py",
+    "test_metrics.py",
+    "test_sweeps.py",
+    "test_reliability.py",
+    "test_distributed.py",
+    "test_runlock_cli.py",
+    "test_hparams.py",
+    "test_cli.py",
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``-n 2`` runs each test file on one worker (its module fixtures are made once), and the
+    readers of the gpu_check smoke run on the same one (the run is made once, not waited for)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "gpu_check readers" if Path(file).name in GPU_CHECK_READERS else file
+
+    return FileScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; this machine has none")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+GPU_CHECK = REPO_ROOT / "scripts" / "gpu_check.sh"
+
+
+def run_gpu_check(*args: str, out: Path, work: Path, timeout: float):
+    """scripts/gpu_check.sh in a subprocess with this Python, as the GPU machine runs it."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "GPU_CHECK_WORK": str(work),
+        "PYTHON": sys.executable,
+        "XDG_CACHE_HOME": str(work / "xdg-cache"),  # torch hub and image caches stay private
+    }
+    env.pop("GPU_CHECK_BUDGET_S", None)
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=work.parent,
+    )
+
+
+@pytest.fixture(scope="session")
+def gpu_check_smoke(tmp_path_factory: pytest.TempPathFactory):
+    """One ``gpu_check.sh --cpu-smoke`` run for the session: (process, its OUT, its scratch).
+
+    Its benchmark steps run scripts/benchmark.py and scripts/bench_eval.py with --quick, so the
+    tests of those scripts read the JSON and logs written here instead of running them again.
+    The readers share a worker under pytest-xdist (``pytest_xdist_make_scheduler``); the lock
+    in the directory the workers share makes it once per run under any other distribution.
+    """
+    import fcntl
+    import json
+    import subprocess
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "gpu_check_smoke"
+    out, work, record = root / "out", root / "work", root / "process.json"
+    root.mkdir(exist_ok=True)
+    with open(shared / "gpu_check_smoke.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            proc = run_gpu_check("--cpu-smoke", out=out, work=work, timeout=1200)
+            fields = {k: getattr(proc, k) for k in ("args", "returncode", "stdout", "stderr")}
+            record.write_text(json.dumps(fields))
+    return subprocess.CompletedProcess(**json.loads(record.read_text())), out, work
 
 
 # Overrides that shrink the real config to something a 2-core CPU trains in seconds.
