@@ -13,14 +13,9 @@ random 96x96 images resized to 48 (first load) and read back from the cache (sec
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +23,10 @@ import PIL
 import torch
 from PIL import Image
 
+from sngan import benchmarking
 from sngan.data import load_images
+
+CPU = torch.device("cpu")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CIFAR_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice" / "train"
@@ -63,16 +61,15 @@ def build_folder(dest: Path, num_images: int, seed: int = 0) -> str:
     return f"cifar10 slice ({len(sources)} PNGs) upscaled and varied" if sources else "random"
 
 
-def timed(fn) -> tuple[float, object]:
-    """Seconds ``fn()`` took, and what it returned."""
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+def timed_s(fn) -> tuple[float, object]:
+    """Seconds ``fn()`` took, and what it returned (loads run on the CPU: nothing to sync)."""
+    result, seconds = benchmarking.timed(fn, CPU)
+    return seconds, result
 
 
 def summary(seconds: list[float]) -> dict:
-    """Min, median and every run of a list of timings."""
-    return {"min_s": min(seconds), "median_s": statistics.median(seconds), "runs_s": seconds}
+    """``benchmarking.summary`` of the timings, and every run."""
+    return {**benchmarking.summary(seconds), "runs": seconds}
 
 
 def entry_bytes(cache: Path) -> int:
@@ -85,11 +82,11 @@ def time_loads(load, cache_root: Path, name: str, repeats: int) -> dict:
     first, second = [], []
     for r in range(repeats):
         cache = cache_root / f"{name}-{r}"
-        seconds, (images, _) = timed(lambda cache=cache: load(cache))
+        seconds, (images, _) = timed_s(lambda cache=cache: load(cache))
         first.append(seconds)
     shape = tuple(images.shape)
     for _ in range(repeats):
-        seconds, (hit, _) = timed(lambda: load(cache))
+        seconds, (hit, _) = timed_s(lambda: load(cache))
         second.append(seconds)
     assert torch.equal(hit, images), "the cache gave other images than the decode"
     return {
@@ -106,9 +103,9 @@ def time_read_modes(cache: Path, repeats: int) -> dict:
     (npy,) = cache.glob("*.npy")
     plain, mapped, mapped_open = [], [], []
     for _ in range(repeats):
-        plain.append(timed(lambda: np.load(npy))[0])
-        mapped_open.append(timed(lambda: np.load(npy, mmap_mode="r"))[0])
-        mapped.append(timed(lambda: np.array(np.load(npy, mmap_mode="r")))[0])
+        plain.append(timed_s(lambda: np.load(npy))[0])
+        mapped_open.append(timed_s(lambda: np.load(npy, mmap_mode="r"))[0])
+        mapped.append(timed_s(lambda: np.array(np.load(npy, mmap_mode="r")))[0])
     return {
         "np_load_s": summary(plain),
         "mmap_open_only_s": summary(mapped_open),
@@ -127,27 +124,6 @@ def write_stl10_like(root: Path, num_images: int, seed: int = 0) -> None:
             f.write(rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tobytes())
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "commit": commit,
-    }
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=10_000, help="PNGs in the folder")
@@ -161,10 +137,14 @@ def main(argv: list[str] | None = None) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench_data-", dir=args.workdir))
     try:
         folder = workdir / "folder"
-        build_s, origin = timed(lambda: build_folder(folder, args.images))
+        build_s, origin = timed_s(lambda: build_folder(folder, args.images))
         print(f"built {args.images} {FOLDER_SIDE}x{FOLDER_SIDE} PNGs ({origin}) in {build_s:.1f} s")
         results = {
-            "machine": machine(),
+            "machine": {
+                **benchmarking.machine(CPU),
+                "numpy": np.__version__,
+                "pillow": PIL.__version__,
+            },
             "folder": {"images": args.images, "side": FOLDER_SIDE, "origin": origin},
             "sizes": {},
         }
@@ -192,13 +172,12 @@ def main(argv: list[str] | None = None) -> dict:
                 args.repeats,
             )
             row["images"] = args.stl10_images
-            row["first_load_images_per_s"] = args.stl10_images / row["first_load"]["median_s"]
+            row["first_load_images_per_s"] = args.stl10_images / row["first_load"]["median"]
             results["stl10_48"] = row
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    m = results["machine"]
-    print(f"\n{m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']}, commit {m['commit']}")
+    print("\n" + benchmarking.machine_line(results["machine"]))
     print(
         f"{'load':<22} {'first s':>8} {'second s':>9} {'ratio':>7} {'cache MB':>9}"
         f" {'np.load s':>10} {'mmap+read s':>12}"
@@ -208,19 +187,18 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append((f"stl10-like {args.stl10_images} @ 48", results["stl10_48"]))
     for label, r in rows:
         line = (
-            f"{label:<22} {r['first_load']['median_s']:>8.2f} {r['second_load']['median_s']:>9.3f}"
+            f"{label:<22} {r['first_load']['median']:>8.2f} {r['second_load']['median']:>9.3f}"
             f" {r['ratio']:>6.0f}x {r['cache_bytes'] / 1e6:>9.1f}"
         )
         if "read_modes" in r:
             modes = r["read_modes"]
-            line += f" {modes['np_load_s']['median_s']:>10.3f}"
-            line += f" {modes['mmap_read_all_s']['median_s']:>12.3f}"
+            line += f" {modes['np_load_s']['median']:>10.3f}"
+            line += f" {modes['mmap_read_all_s']['median']:>12.3f}"
         print(line)
     if "stl10_48" in results:
         print(f"stl10-like resize: {results['stl10_48']['first_load_images_per_s']:.0f} images/s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        benchmarking.write_json(args.json, results)
     return results
 
 
