@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import tarfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -118,32 +120,58 @@ def load_images(
     raise ValueError(f"unknown data source {source!r}; valid sources are: {', '.join(SOURCES)}")
 
 
+def torchvision_module() -> ModuleType:
+    """torchvision, imported on first use (see the note at the top of this module)."""
+    import torchvision
+
+    return torchvision
+
+
+def fetch_missing(
+    dataset: str,
+    base: Path,
+    names: Sequence[str],
+    url: str,
+    download: bool,
+    fetch: Callable[[], object],
+) -> None:
+    """Return if every file of ``names`` is in ``base``; else ``fetch()`` them (when
+    ``download``), and raise an error naming the files still missing and where they go."""
+    missing = [name for name in names if not (base / name).is_file()]
+    if not missing:
+        return
+    reason = "download=False"
+    if download:
+        try:
+            fetch()
+            reason = "the download finished without them"
+        except (OSError, RuntimeError, tarfile.TarError) as err:  # URLError is an OSError
+            reason = f"the download failed: {type(err).__name__}: {err}"
+        missing = [name for name in names if not (base / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{dataset} not found: expected {', '.join(missing)} in {base} ({reason}). "
+            f"Download and extract {url} so that {base} exists, or set "
+            f"data.root=<dir> to a directory that holds the extracted {base.name}/ folder."
+        )
+
+
 def load_cifar10(
     root: Path, *, train: bool = True, download: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 from its python pickles in ``root/cifar-10-batches-py``, downloaded if missing."""
     base = root / CIFAR10_DIR
     names = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
-    missing = [name for name in names if not (base / name).is_file()]
-    if missing:
-        reason = "download=False"
-        if download:
-            # torchvision only fetches and extracts; reading goes through our own loop below
-            # (its md5 check and per-item PIL path are not wanted for that).
-            import torchvision
-
-            try:
-                torchvision.datasets.CIFAR10(str(root), train=train, download=True)
-                reason = "the download finished without them"
-            except (OSError, RuntimeError, tarfile.TarError) as err:  # URLError is an OSError
-                reason = f"the download failed: {type(err).__name__}: {err}"
-        missing = [name for name in names if not (base / name).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"CIFAR-10 not found: expected {', '.join(missing)} in {base} ({reason}). "
-                f"Download and extract {CIFAR10_URL} so that {base} exists, or set "
-                f"data.root=<dir> to a directory that holds the extracted {CIFAR10_DIR}/ folder."
-            )
+    # torchvision only fetches and extracts; reading goes through our own loop below (its md5
+    # check and per-item PIL path are not wanted for that).
+    fetch_missing(
+        "CIFAR-10",
+        base,
+        names,
+        CIFAR10_URL,
+        download,
+        lambda: torchvision_module().datasets.CIFAR10(str(root), train=train, download=True),
+    )
 
     images, labels = [], []
     for name in names:
@@ -173,26 +201,16 @@ def load_stl10(
         raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(STL10_SPLITS)}")
     base = root / STL10_DIR
     names = STL10_FILES[split]
-    missing = [name for name in names if not (base / name).is_file()]
-    if missing:
-        reason = "download=False"
-        if download:
-            # As for CIFAR-10, torchvision only fetches and extracts (and, being torchvision,
-            # reads the arrays once, which we drop); our own reader below does the rest.
-            import torchvision
-
-            try:
-                torchvision.datasets.STL10(str(root), split=split, download=True)
-                reason = "the download finished without them"
-            except (OSError, RuntimeError, tarfile.TarError) as err:  # URLError is an OSError
-                reason = f"the download failed: {type(err).__name__}: {err}"
-        missing = [name for name in names if not (base / name).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"STL-10 not found: expected {', '.join(missing)} in {base} ({reason}). "
-                f"Download and extract {STL10_URL} so that {base} exists, or set "
-                f"data.root=<dir> to a directory that holds the extracted {STL10_DIR}/ folder."
-            )
+    # As for CIFAR-10, torchvision only fetches and extracts (and, being torchvision, reads the
+    # arrays once, which we drop); our own reader below does the rest.
+    fetch_missing(
+        "STL-10",
+        base,
+        names,
+        STL10_URL,
+        download,
+        lambda: torchvision_module().datasets.STL10(str(root), split=split, download=True),
+    )
 
     num_images = sum(
         len(read_stl10_images(base / name)) for name in names if name.endswith("_X.bin")
@@ -287,8 +305,6 @@ def load_folder(
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of an ImageFolder tree, as RGB, resized and centre-cropped (decoded once)."""
-    import torchvision
-
     dataset = scan_folder(root)
     paths = [path for path, _ in dataset.samples]
     key = {
@@ -296,7 +312,7 @@ def load_folder(
         "image_size": image_size,
         "transform": FOLDER_TRANSFORM,
         "pillow": PIL.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision_module().__version__,
         "files": file_signature(Path(dataset.root), paths),
     }
     return load_cached(
@@ -309,7 +325,6 @@ def load_folder(
 
 def scan_folder(root: str | os.PathLike | None) -> torchvision.datasets.ImageFolder:
     """The ImageFolder listing of ``root`` (nothing decoded yet), or an error that says why not."""
-    import torchvision
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     if root is None:
@@ -325,7 +340,7 @@ def scan_folder(root: str | os.PathLike | None) -> torchvision.datasets.ImageFol
         f"with extensions {', '.join(IMG_EXTENSIONS)}"
     )
     try:
-        return torchvision.datasets.ImageFolder(str(root))
+        return torchvision_module().datasets.ImageFolder(str(root))
     except FileNotFoundError as err:
         # ImageFolder's own errors for no class folders / class folders without images.
         loose = [p.name for p in root.iterdir() if p.suffix.lower() in IMG_EXTENSIONS]
