@@ -61,17 +61,11 @@ def check_weights_files(settings: MetricsConfig) -> None:
         networks.append((VGG16, settings.prc_weights))
     try:
         for network, path in networks:
-            original = find_weights(path, network)
-            stat = original.stat()
-            seen = (network.name, str(original.resolve()), stat.st_size, stat.st_mtime_ns)
-            if seen not in _checked_files:  # the CLI checks before Hydra starts, train() again
-                checked_copy(original, network=network)
-                _checked_files.add(seen)
+            # Checked once per process and file (safe_weights_file remembers): the CLI checks
+            # before Hydra starts, train() again, the Evaluator when it loads the network.
+            checked_copy(find_weights(path, network), network=network)
     except (OSError, RuntimeError, WeightsFileError) as e:  # missing, offline, damaged, foreign
         raise ConfigError(str(e)) from e
-
-
-_checked_files: set[tuple[str, str, int, int]] = set()
 
 
 def build_evaluator(

@@ -322,24 +322,29 @@ def safe_weights_file(
     if not path.is_file():
         raise WeightsFileError(f"{network.label} weights file {path} does not exist")
     folder = Path(cache_dir) if cache_dir is not None else _hub_checkpoints() / CHECKED_DIR
+    key = (network.name, str(folder.resolve()), _stamp(path))
+    known = _copies.get(key)
+    if known is not None and known[0].is_file() and _stamp(known[0]) == known[1]:
+        return known[0]  # made or checked by this process from this very file, both unchanged
     target = folder / f"{network.label.lower()}-{file_digest(path)}.pth"
+    reused = False
     if target.is_file():
-        if _stamp(target) in _verified:  # checked already by this process, and unchanged
-            return target
         # Named after the original's content, so it was made from these very bytes; the check
         # keeps a damaged or planted copy from reaching torch-fidelity's unrestricted load.
         with contextlib.suppress(WeightsFileError):
             check_weights(target, network)
-            _verified.add(_stamp(target))
-            return target
-    _write_checked_copy(check_weights(path, network), path, target, network)
-    _verified.add(_stamp(target))
+            reused = True
+    if not reused:
+        _write_checked_copy(check_weights(path, network), path, target, network)
+    _copies[key] = (target, _stamp(target))
     return target
 
 
-# The checked copies this process has verified: (path, size, mtime_ns). A copy that changes on
-# disk afterwards has another stamp and is checked again.
-_verified: set[tuple[str, int, int]] = set()
+# What this process has made or checked: (network, copies' folder, the original's stamp) -> (the
+# copy, its stamp). The original and the copy each unchanged on disk (path, size, mtime), the
+# copy is returned without hashing or loading either again (the CLI checks before Hydra starts,
+# train() and the Evaluator after it); a change to either goes through the checks again.
+_copies: dict[tuple[str, str, tuple[str, int, int]], tuple[Path, tuple[str, int, int]]] = {}
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
