@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sngan.metrics import full_precision  # the statistics as the metrics see them: plain fp32
 from sngan.models.layers import check_positive
 
 __all__ = ["recompute_batchnorm_statistics"]
@@ -90,7 +91,7 @@ def recompute_batchnorm_statistics(
             bn.reset_running_stats()  # mean 0, variance 1, num_batches_tracked 0
             bn.momentum = None  # cumulative average: batch k gets weight 1/k
             bn.train()
-        with torch.no_grad(), _fp32(device), _own_rng(device):
+        with torch.no_grad(), full_precision(device), _own_rng(device):
             for z, y in _latents(G, num_batches, batch_size, seed, device):
                 G(z, y)
     except BaseException:
@@ -137,18 +138,6 @@ def _device_of(G: nn.Module) -> torch.device:
     if tensor is None:
         tensor = next(G.buffers(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _fp32(device: torch.device) -> Iterator[None]:
-    """Plain FP32 inside: the statistics should not depend on the caller's autocast or TF32."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @contextlib.contextmanager
