@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,20 +95,11 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
     torch's own converter would drop the label argument of sngan's generator norms.
     """
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, nn.SyncBatchNorm):
-            sync = _SyncBatchNorm(
-                child.num_features,
-                child.eps,
-                child.momentum,
-                child.affine,
-                child.track_running_stats,
-            )
-            sync.load_state_dict(child.state_dict())
-            setattr(module, name, sync.to(next(child.buffers()).device))
-        else:
-            convert_sync_batchnorm(child)
-    return module
+    return _swap_batchnorm(
+        module,
+        lambda m: isinstance(m, nn.BatchNorm2d) and not isinstance(m, nn.SyncBatchNorm),
+        _SyncBatchNorm,
+    )
 
 
 class _BatchNorm2d(nn.BatchNorm2d):
@@ -123,19 +115,26 @@ def without_sync_batchnorm(module: nn.Module) -> nn.Module:
     For a copy that one rank runs alone in train mode (standing statistics of G_ema): a
     SyncBatchNorm there would wait for the other ranks forever.
     """
+    return _swap_batchnorm(module, lambda m: isinstance(m, nn.SyncBatchNorm), _BatchNorm2d)
+
+
+def _swap_batchnorm(
+    module: nn.Module, replace: Callable[[nn.Module], bool], new: type[nn.Module]
+) -> nn.Module:
+    """Every submodule for which ``replace`` holds, in place, by a ``new`` with its state."""
     for name, child in module.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            plain = _BatchNorm2d(
+        if replace(child):
+            norm = new(
                 child.num_features,
                 child.eps,
                 child.momentum,
                 child.affine,
                 child.track_running_stats,
             )
-            plain.load_state_dict(child.state_dict())
-            setattr(module, name, plain.to(next(child.buffers()).device))
+            norm.load_state_dict(child.state_dict())
+            setattr(module, name, norm.to(next(child.buffers()).device))
         else:
-            without_sync_batchnorm(child)
+            _swap_batchnorm(child, replace, new)
     return module
 
 
