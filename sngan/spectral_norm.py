@@ -170,6 +170,8 @@ class _SpectralNormMixin:
                 self.register_buffer(name + "_v", torch.empty(wd, **kw))
             getattr(self, name + "_u").copy_(F.normalize(torch.randn(h), dim=0, eps=opts.eps))
             getattr(self, name + "_v").copy_(F.normalize(torch.randn(wd), dim=0, eps=opts.eps))
+        if w.is_meta:  # shapes without values (counting parameters): nothing to iterate on
+            return
         self._sn_power_iteration(name, WARMUP_ITERATIONS)
         if opts.learnable_scale:
             getattr(self, name + "_gamma").copy_(_exact_sigma(w, opts.dim))

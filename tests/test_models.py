@@ -192,10 +192,14 @@ def test_resnet_64_parameter_counts() -> None:
     g += g_block(256, 128) + g_block(128, 64) + g_out(64)
     assert g == 12_220_675
     d = d_optimized(64) + d_block(64, 128) + d_block(128, 256) + d_block(256, 512)
-    d += d_block(512, 1024) + linear(1024, 1, bias=False)
-    assert d == 10_141_440  # the 48-pixel D's layers: downsampling in the last block is free
+    d += d_block(512, 1024)
+    # The 48-pixel D's layers (downsampling in the last block is free), but with a bias on
+    # the linear layer: snresnet_64.py's SNLinear(ch * 16, 1, initialW=initializer) keeps
+    # Chainer's default bias.
+    assert d + linear(1024, 1, bias=False) == 10_141_440
+    assert d + linear(1024, 1) == 10_141_441
     assert n_params(published(ResNetGenerator, 64)) == 12_220_675
-    assert n_params(published(ResNetDiscriminator, 64)) == 10_141_440
+    assert n_params(published(ResNetDiscriminator, 64)) == 10_141_441
 
 
 def test_resnet_128_parameter_counts() -> None:
@@ -206,10 +210,11 @@ def test_resnet_128_parameter_counts() -> None:
     g += g_block(512, 256) + g_block(256, 128) + g_block(128, 64) + g_out(64)
     assert g == 32_150_787
     d = d_optimized(64) + d_block(64, 128) + d_block(128, 256) + d_block(256, 512)
-    d += d_block(512, 1024) + d_block(1024, 1024, shortcut=False) + linear(1024, 1, bias=False)
-    assert d == 29_017_856
+    # snresnet.py's l7 = SNLinear(ch * 16, 1, initialW=initializer): Chainer's default bias.
+    d += d_block(512, 1024) + d_block(1024, 1024, shortcut=False) + linear(1024, 1)
+    assert d == 29_017_857
     assert n_params(published(ResNetGenerator, 128)) == 32_150_787
-    assert n_params(published(ResNetDiscriminator, 128)) == 29_017_856
+    assert n_params(published(ResNetDiscriminator, 128)) == 29_017_857
 
 
 # Standard CNN (G, "paper" D, "chainer" D) counts; only the dense layers depend on the size.
@@ -408,7 +413,7 @@ def test_projection_adds_class_embedding_inner_product() -> None:
     D = ResNetDiscriminator(channels=8, num_classes=2).eval()
     x = torch.rand(3, 3, 32, 32)
     feats = {}
-    D.blocks.register_forward_hook(lambda m, i, out: feats.update(h=out))
+    D.blocks[-1].register_forward_hook(lambda m, i, out: feats.update(h=out))
     with torch.no_grad():
         out0 = D(x, torch.zeros(3, dtype=torch.long))
         out1 = D(x, torch.ones(3, dtype=torch.long))
@@ -476,6 +481,9 @@ def test_every_resnet_discriminator_weight_is_normalised(num_classes: int) -> No
 # Convs of the ResNet D per size: 3 in the optimised block, 3 in a block with a 1x1 shortcut,
 # 2 in one without (32: 3 + 3 + 2 + 2; 48 and 64: 3 + 4 * 3; 128: 3 + 4 * 3 + 2).
 RESNET_D_CONVS = {32: 10, 48: 15, 64: 15, 128: 17}
+# Whether D's linear layer has a bias: snresnet_32.py says nobias=True, snresnet_64.py and
+# snresnet.py (128) keep SNLinear's default bias; 48 has no official file (none, as 32).
+RESNET_D_LINEAR_BIAS = {32: False, 48: False, 64: True, 128: True}
 
 
 @pytest.mark.parametrize("image_size", SIZES)
@@ -485,10 +493,11 @@ def test_every_discriminator_weight_is_normalised_at_every_size(
 ) -> None:
     D = ResNetDiscriminator(channels=16, image_size=image_size, num_classes=num_classes)
     normalised, biases = _walk_discriminator(D)
-    n_convs = RESNET_D_CONVS[image_size]
+    n_convs, linear_bias = RESNET_D_CONVS[image_size], RESNET_D_LINEAR_BIAS[image_size]
     assert len(normalised) == n_convs + 1 + (num_classes > 0)  # convs, linear, embedding
-    assert len(biases) == n_convs
-    assert "linear.weight" in normalised and D.linear.bias is None
+    assert len(biases) == n_convs + linear_bias
+    assert "linear.weight" in normalised
+    assert ("linear.bias" in biases) == (D.linear.bias is not None) == linear_bias
     for widths in D_WIDTHS:
         D = DCGANDiscriminator(
             channels=2, image_size=image_size, num_classes=num_classes, widths=widths

@@ -8,16 +8,19 @@ the weight is initialised first, because ``spectral_norm`` warms up u and v from
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 __all__ = [
     "BN_EPS",
+    "CONDITIONINGS",
     "RESIDUAL_GAIN",
     "BatchNorm2d",
     "ConditionalBatchNorm2d",
     "batch_norm",
+    "check_conditioning",
     "check_image_size",
     "check_images",
     "check_labels",
@@ -32,6 +35,11 @@ __all__ = [
 BN_EPS = 2e-5
 # GlorotUniform(math.sqrt(2)) of the official residual blocks' 3x3 convolutions.
 RESIDUAL_GAIN = math.sqrt(2.0)
+# How a class-conditional D takes the label; the first is every D's default. "projection"
+# (Miyato & Koyama 2018): <embed(y), pooled features> is added to the output. "concat":
+# an embedding of y is tiled over H, W and concatenated to a hidden feature map (the
+# official SNResNetConcatDiscriminator, the paper's baseline).
+CONDITIONINGS: tuple[str, ...] = ("projection", "concat")
 
 _Layer = nn.Linear | nn.Conv2d | nn.ConvTranspose2d | nn.Embedding
 
@@ -119,6 +127,43 @@ def check_image_size(image_size: int, supported: tuple[int, ...], network: str) 
     if not is_int or image_size not in supported:
         sizes = ", ".join(str(s) for s in supported)
         raise ValueError(f"image_size must be one of {sizes} for the {network}, got {image_size!r}")
+
+
+def check_conditioning(
+    conditioning: str,
+    image_size: int | None,
+    supported: Mapping[str, tuple[int, ...]],
+    network: str,
+    num_classes: int | None = None,
+) -> None:
+    """Raise ValueError unless ``network``'s D takes ``conditioning`` at ``image_size``.
+
+    ``supported`` maps each conditioning the D has to the image sizes it is built for
+    (``image_size`` None: no size check). An unconditional D (``num_classes == 0``; None:
+    not known) accepts only the default, which it ignores: a concat D without labels would
+    have nothing to concatenate.
+    """
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(
+            f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {conditioning!r}"
+        )
+    if conditioning not in supported:
+        raise ValueError(
+            f"conditioning={conditioning!r} is not available for the {network} (the official "
+            f"code has no such D); choose {' or '.join(supported)}"
+        )
+    if num_classes == 0 and conditioning != CONDITIONINGS[0]:
+        raise ValueError(
+            f"conditioning={conditioning!r} needs a class-conditional D (num_classes > 0); "
+            f"an unconditional D takes only the default {CONDITIONINGS[0]!r}"
+        )
+    sizes = supported[conditioning]
+    if image_size is not None and image_size not in sizes:
+        raise ValueError(
+            f"conditioning={conditioning!r} builds the {network} D only at image_size "
+            f"{', '.join(str(s) for s in sizes)} (where the official code has one), "
+            f"got {image_size!r}"
+        )
 
 
 def check_num_classes(num_classes: int) -> None:

@@ -20,8 +20,14 @@ divisors of ``channels`` with kwotsin/mimicry's ngf / ndf semantics
 * 128 (the paper's ImageNet network): ngf = ndf = 1024, i.e. the official
   gen_models/resnet.py and dis_models/snresnet.py at configs/sn_projection.yml's ch = 64.
 
-D's linear layer has no bias at every size, as in snresnet_32.py (the official 64 and
-128-pixel files and mimicry keep Chainer's default bias: one parameter more).
+D's linear layer has a bias where the official file has one (``DLayout.linear_bias``):
+snresnet_32.py builds it with ``nobias=True``; snresnet_64.py and snresnet.py (128) keep
+SNLinear's default bias (one parameter more); 48 has no official file and no bias.
+
+A class-conditional D is a projection D at every size (``conditioning="projection"``), or
+at 128 the official SNResNetConcatDiscriminator (``conditioning="concat"``, configs/
+sn_concat.yml): a 128-d SN embedding of the class, tiled over H, W and concatenated to the
+features after the third block.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from sngan.models.layers import (
     RESIDUAL_GAIN,
     BatchNorm2d,
     batch_norm,
+    check_conditioning,
     check_image_size,
     check_images,
     check_labels,
@@ -47,6 +54,8 @@ from sngan.models.layers import (
 from sngan.spectral_norm import spectral_norm
 
 __all__ = [
+    "CONCAT_EMBED_DIM",
+    "CONDITIONING_SIZES",
     "D_LAYOUTS",
     "G_LAYOUTS",
     "RESNET_SIZES",
@@ -151,11 +160,15 @@ class GLayout(NamedTuple):
 
 
 class DLayout(NamedTuple):
-    """D at one image size: the published ndf, each block's divisor and its downsampling."""
+    """D at one image size: the published ndf, its blocks, its head and where concat goes."""
 
     channels: int  # the published width (mimicry's ndf)
     divisors: tuple[int, ...]  # each block's output width is channels // d
     downsample: tuple[bool, ...]  # the first block (the optimised one) always halves
+    linear_bias: bool  # the final SN linear layer has a bias (as the official file)
+    # conditioning="concat": the class embedding joins the input of this block (0-based);
+    # None: no concat D at this size.
+    concat_block: int | None = None
 
 
 G_LAYOUTS: dict[int, GLayout] = {
@@ -164,19 +177,50 @@ G_LAYOUTS: dict[int, GLayout] = {
     64: GLayout(bottom_width=4, channels=1024, divisors=(1, 2, 4, 8, 16)),
     128: GLayout(bottom_width=4, channels=1024, divisors=(1, 1, 2, 4, 8, 16)),
 }
+# The linear bias per size follows the official files: snresnet_32.py's
+# ``SNLinear(ch, 1, ..., nobias=True)``, snresnet_64.py's and snresnet.py's
+# ``SNLinear(ch * 16, 1, initialW=initializer)`` (Chainer's default: a bias, initialised
+# to 0). 48 has no official file; without a bias it keeps the STL-10 table's 10,141,440.
+# Concat only at 128: the official code has SNResNetConcatDiscriminator only there
+# (dis_models/snresnet.py, snresnet_128.py), with the embedding joining block4's input.
+# Elsewhere there is no published place for it (32's last blocks stay at 8x8, 48 and 64 end
+# at 3x3 and 2x2), so concat is refused there rather than guessed.
 D_LAYOUTS: dict[int, DLayout] = {
-    32: DLayout(channels=128, divisors=(1, 1, 1, 1), downsample=(True, True, False, False)),
-    48: DLayout(
-        channels=1024, divisors=(16, 8, 4, 2, 1), downsample=(True, True, True, True, False)
+    32: DLayout(
+        channels=128,
+        divisors=(1, 1, 1, 1),
+        downsample=(True, True, False, False),
+        linear_bias=False,
     ),
-    64: DLayout(channels=1024, divisors=(16, 8, 4, 2, 1), downsample=(True,) * 5),
+    48: DLayout(
+        channels=1024,
+        divisors=(16, 8, 4, 2, 1),
+        downsample=(True, True, True, True, False),
+        linear_bias=False,
+    ),
+    64: DLayout(
+        channels=1024,
+        divisors=(16, 8, 4, 2, 1),
+        downsample=(True,) * 5,
+        linear_bias=True,
+    ),
     128: DLayout(
         channels=1024,
         divisors=(16, 8, 4, 2, 1, 1),
         downsample=(True, True, True, True, True, False),
+        linear_bias=True,
+        concat_block=3,  # official block4: block3's 256 channels at 16x16, + 128
     ),
 }
 RESNET_SIZES: tuple[int, ...] = tuple(G_LAYOUTS)
+# The official concat D's embedding width (SNResNetConcatDiscriminator's dim_emb), whatever
+# the D's width.
+CONCAT_EMBED_DIM = 128
+# The image sizes at which the ResNet D takes each conditioning.
+CONDITIONING_SIZES: dict[str, tuple[int, ...]] = {
+    "projection": RESNET_SIZES,
+    "concat": tuple(size for size, d in D_LAYOUTS.items() if d.concat_block is not None),
+}
 
 
 def _stage_widths(
@@ -208,9 +252,11 @@ class ResNetGenerator(nn.Module):
     ``channels`` is mimicry's ngf (None: the published width for ``image_size``); the stage
     widths and the number of up-blocks come from ``G_LAYOUTS`` (32: three blocks at 256
     from 4x4, Table 4; 48: three from 6x6; 64: four from 4x4; 128: five from 4x4).
-    4,276,739 parameters at the defaults (32x32), 4,878,083 at 48. With
-    ``num_classes > 0`` the blocks' batch norms are conditional (per-class gain and bias);
-    the final batch norm stays unconditional, as in the official code.
+    4,276,739 parameters at the defaults (32x32), 4,878,083 at 48, 12,220,675 at 64 and
+    32,150,787 at 128. With ``num_classes > 0`` the blocks' batch norms are conditional
+    (per-class gain and bias); the final batch norm stays unconditional, as in the official
+    code: 41,996,931 parameters at 128 with ImageNet's 1000 classes (official
+    gen_models/resnet.py, ch = 64), the same G for the projection and the concat D.
     """
 
     def __init__(
@@ -261,43 +307,72 @@ class ResNetDiscriminator(nn.Module):
     widths and which blocks downsample come from ``D_LAYOUTS`` (32: optimised block and
     one down-block at 128, then two plain blocks, Table 4; 48: ndf/16 .. ndf/2 down, then
     a plain block at ndf; 64: five down-blocks; 128: five down-blocks and a plain one).
-    No normalisation layers; every conv, the linear layer (no bias) and the class embedding
-    are spectrally normalised. 1,053,824 parameters at the defaults (32x32), 10,141,440 at
-    48. With ``num_classes > 0`` it is a projection discriminator (Miyato & Koyama 2018):
-    the inner product of an SN class embedding with the pooled features is added to the
-    output.
+    No normalisation layers; every conv, the linear layer and the class embedding are
+    spectrally normalised; the linear layer has a bias at 64 and 128, as the official files.
+    1,053,824 parameters at the defaults (32x32), 10,141,440 at 48, 10,141,441 at 64 and
+    29,017,857 at 128.
+
+    With ``num_classes > 0`` the class enters by ``conditioning``: "projection" (Miyato &
+    Koyama 2018, every size) adds the inner product of an SN class embedding with the
+    pooled features to the output (30,041,857 parameters at 128 with 1000 classes);
+    "concat" (128 only, the official SNResNetConcatDiscriminator) concatenates a
+    ``CONCAT_EMBED_DIM``-d SN class embedding, tiled over H and W, to the input of the
+    fourth block, which is widened to take it (30,538,625 at 128 with 1000 classes).
     """
 
     def __init__(
-        self, channels: int | None = None, image_size: int = 32, num_classes: int = 0
+        self,
+        channels: int | None = None,
+        image_size: int = 32,
+        num_classes: int = 0,
+        conditioning: str = "projection",
     ) -> None:
         super().__init__()
         check_num_classes(num_classes)
         check_image_size(image_size, RESNET_SIZES, "ResNet")
+        check_conditioning(conditioning, image_size, CONDITIONING_SIZES, "ResNet", num_classes)
         layout = D_LAYOUTS[image_size]
         self.channels = layout.channels if channels is None else channels
         widths = _stage_widths(self.channels, layout.divisors, image_size, "D")
         self.image_size = image_size
         self.num_classes = num_classes
+        self.conditioning = conditioning
         self.stage_widths = widths
+        # The block whose input gets the tiled class embedding; None: no concat.
+        self.concat_block = layout.concat_block if conditioning == "concat" else None
 
-        blocks: list[nn.Module] = [OptimizedDBlock(3, widths[0])]  # S -> S/2
-        for c_in, c_out, down in zip(widths[:-1], widths[1:], layout.downsample[1:], strict=True):
+        # Each block's input width; the concat block's (official: ch * 4 + dim_emb) is wider
+        # and, as every D block, keeps its input width inside (hidden = in channels).
+        ins = [3, *widths[:-1]]
+        if self.concat_block is not None:
+            ins[self.concat_block] += CONCAT_EMBED_DIM
+        blocks: list[nn.Module] = [OptimizedDBlock(ins[0], widths[0])]  # S -> S/2
+        for c_in, c_out, down in zip(ins[1:], widths[1:], layout.downsample[1:], strict=True):
             blocks.append(DBlock(c_in, c_out, downsample=down))
         self.blocks = nn.Sequential(*blocks)
-        self.linear = spectral_norm(init_xavier_uniform(nn.Linear(widths[-1], 1, bias=False)))
+        self.linear = spectral_norm(
+            init_xavier_uniform(nn.Linear(widths[-1], 1, bias=layout.linear_bias))
+        )
         if num_classes > 0:
-            self.embed = spectral_norm(init_xavier_uniform(nn.Embedding(num_classes, widths[-1])))
+            # Official SNEmbedID(n_classes, dim, initialW=GlorotUniform()) for either use.
+            dim = CONCAT_EMBED_DIM if self.concat_block is not None else widths[-1]
+            self.embed = spectral_norm(init_xavier_uniform(nn.Embedding(num_classes, dim)))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, image_size, image_size) images [and (B,) labels] -> (B,) logits."""
         # A fixed size: the blocks would take any size, and a G/D size mismatch must not train.
         check_images(x, self.image_size)
         check_labels(y, x.shape[0], self.num_classes)
-        h = F.relu(self.blocks(x))  # (B, C, 8, 8) at 32; (B, C, 2, 2) at 64
+        h = x
+        for i, block in enumerate(self.blocks):
+            if i == self.concat_block:  # (B, C, H, W) -> (B, C + E, H, W)
+                emb = self.embed(y)[:, :, None, None]  # (B, E, 1, 1)
+                h = torch.cat([h, emb.expand(-1, -1, h.shape[2], h.shape[3])], dim=1)
+            h = block(h)
+        h = F.relu(h)  # (B, C, 8, 8) at 32; (B, C, 2, 2) at 64
         # Global sum pooling (not mean), as in the official code.
         h = h.sum(dim=(2, 3))  # (B, C)
         out = self.linear(h).squeeze(1)  # (B,)
-        if y is not None:
+        if y is not None and self.concat_block is None:  # projection
             out = out + (self.embed(y) * h).sum(dim=1)
         return out
