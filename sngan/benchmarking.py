@@ -1,26 +1,30 @@
-"""Scaffolding shared by scripts/: what a measurement was made on, interleaved timing, paired
-ratios, peak memory, synchronisation, the JSON record.
+"""Scaffolding shared by benchmarks/: what a measurement was made on, interleaved timing, paired
+ratios, peak memory, synchronisation, the arguments and the JSON record.
 
-The benchmark scripts (scripts/benchmark.py, bench_spectral_norm.py, bench_eval.py,
-compare_precision.py) measure different things the same way; this module is that way, written
-once. Training never imports it.
+The measurement harnesses (benchmarks/benchmark.py, bench_spectral_norm.py, bench_eval.py,
+bench_data.py, compare_precision.py, compare_bn_stats.py) measure different things the same way;
+this module is that way, written once. It also writes random Inception weights in the real file's
+format (``random_inception_weights``), which the GPU check and the tests use where the real file
+cannot be downloaded. Training never imports it.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import datetime
 import gc
-import importlib.util
 import json
+import math
 import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,14 +38,26 @@ from sngan.spectral_norm import is_spectral_normalized, remove_spectral_norm
 
 T = TypeVar("T")
 MIB = 2**20
-# The repository checkout this module was imported from (an editable install): its tests/.
+# The repository checkout this module was imported from (an editable install): where the
+# harnesses' default paths and git stamps point.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real CIFAR-10 slice next to the checkout: train/ and test/ image folders of 1,000 images.
+CIFAR10_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice"
+# --quick of the harnesses that train: tiny networks and batches, a smoke run (not a measurement).
+QUICK_TRAIN_OVERRIDES = (
+    "model.z_dim=16",
+    "model.g_channels=32",
+    "model.d_channels=8",
+    "optim.d_batch_size=8",
+    "optim.g_batch_size=8",
+)
 # Model name -> the config preset holding its official hyperparameters.
 PRESETS = {
     "resnet": "sngan_resnet",
     "dcgan": "sngan_dcgan",
     "stl10_resnet": "sngan_stl10_resnet",
     "stl10_dcgan": "sngan_stl10_dcgan",
+    "imagenet_projection": "sngan_imagenet128_projection",
 }
 # The spectral norms a discriminator can be timed with (see swap_spectral_norm).
 SN_VARIANTS = ("none", "ours", "torch")
@@ -80,6 +96,23 @@ def machine(device: torch.device) -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "load_average_at_start": load_average(),
     }
+
+
+def git_state() -> dict[str, Any]:
+    """The commit the checkout is at, and its uncommitted changes to the trainer's code."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=REPO_ROOT
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "sngan", "configs").splitlines()
+    return {"git_commit": git("rev-parse", "HEAD"), "sngan_uncommitted": changed}
+
+
+def fmt(x: float | None, spec: str) -> str:
+    """``x`` formatted by ``spec`` for a table; "n/a" where it is None (not measured here)."""
+    return "n/a" if x is None else format(x, spec)
 
 
 def machine_line(info: dict[str, Any]) -> str:
@@ -279,23 +312,155 @@ def swap_spectral_norm(model: nn.Module, variant: str) -> nn.Module:
     return model
 
 
-def random_inception_weights(path: str | os.PathLike) -> Path:
-    """tests/inception_fixture.py's random Inception weights file, written to ``path``.
+# -- random Inception weights ---------------------------------------------------------------------
 
-    The same network in the real file's format, so the same time and meaningless numbers. The
-    fixture is loaded by path from the repository's tests/: this needs the checkout (an
-    editable install), not only the installed package.
+
+def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """torch-fidelity's Inception state dict (every key, shape and dtype), randomly filled.
+
+    torch-fidelity loads its weights file (~92 MB, downloaded) with ``torch.load`` and a strict
+    ``load_state_dict`` into ``FeatureExtractorInceptionV3``: a file of this class's own
+    ``state_dict()`` goes through the exact same code, at the same cost; only its numbers are
+    meaningless.
     """
-    fixture = REPO_ROOT / "tests" / "inception_fixture.py"
-    if not fixture.is_file():
-        raise FileNotFoundError(
-            f"{fixture} not found: random Inception weights need the repository checkout "
-            "(or give a real weights file)"
-        )
-    spec = importlib.util.spec_from_file_location("inception_fixture", fixture)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_random_inception_weights(path)
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe_inception
+
+    # The constructor loads weights itself; skip that to read off the architecture's keys.
+    net_cls = fe_inception.FeatureExtractorInceptionV3
+    with (
+        mock.patch.object(fe_inception, "load_state_dict_from_url", return_value={}),
+        mock.patch.object(net_cls, "load_state_dict"),
+    ):
+        net = net_cls("inception-v3-compat", ["2048"])
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                # He init keeps activations at unit scale through ~90 conv + ReLU layers, so the
+                # 2048-d features neither vanish nor blow up.
+                fan_in = module.weight[0].numel()
+                module.weight.normal_(0.0, math.sqrt(2.0 / fan_in), generator=gen)
+            elif isinstance(module, nn.BatchNorm2d):
+                # Eval-mode BN divides by sqrt(running_var + eps): keep it positive and near 1.
+                module.weight.uniform_(0.8, 1.2, generator=gen)
+                module.bias.normal_(0.0, 0.1, generator=gen)
+                module.running_mean.normal_(0.0, 0.1, generator=gen)
+                module.running_var.uniform_(0.5, 1.5, generator=gen)
+        # Logits of order one keep Inception's softmax away from one-hot (IS = exp(KL) finite and
+        # above 1) and away from underflow (log of a zero marginal would give NaN).
+        scale = 1.0 / math.sqrt(net.fc.in_features)
+        net.fc.weight.normal_(0.0, scale, generator=gen)
+        net.fc.bias.normal_(0.0, 0.1, generator=gen)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Save random Inception weights to ``path`` where ``feature_extractor_weights_path`` (and
+    ``metrics.inception_weights``) can load them; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(random_inception_state_dict(seed), path)
+    return path
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """A harness's parser, described by the first paragraph of its docstring ``doc``."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0])
+
+
+def add_device_arguments(
+    p: argparse.ArgumentParser, threads_help: str = "torch.set_num_threads (CPU)"
+) -> None:
+    """``--device`` (auto, cpu, cuda, cuda:N) and ``--threads``: read by ``setup_device``."""
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=None, help=threads_help)
+
+
+def setup_device(name: str, threads: int | None) -> torch.device:
+    """The device ``name`` resolves to, with ``threads`` torch threads (where given) and the
+    backend settings train() runs with (cuDNN autotuning, TF32)."""
+    from sngan.build import configure_backends, resolve_device
+
+    device = resolve_device(name)
+    if threads:
+        torch.set_num_threads(threads)
+    configure_backends(device)
+    return device
+
+
+def comma_separated(choices: Collection[str]) -> Callable[[str], list[str]]:
+    """An argparse ``type``: ``"a,b"`` -> ``["a", "b"]``, each one of ``choices``."""
+
+    def parse(value: str) -> list[str]:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        unknown = sorted(set(names) - set(choices))
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def training_parser(
+    doc: str,
+    *,
+    iterations: int,
+    data_root: Path,
+    data_root_help: str,
+    quick_help: str,
+    seed_help: str = "the training seed",
+    json_help: str = "write the results here",
+) -> argparse.ArgumentParser:
+    """A parser for a harness that trains on the CPU: ``--model`` (a preset), ``--iterations``,
+    ``--seed``, ``--threads`` (1), ``--data-root``, ``--workdir``, ``--quick``, ``--json`` and
+    config overrides; the harness adds its own."""
+    p = script_parser(doc)
+    p.add_argument("--model", choices=sorted(PRESETS), default="dcgan")
+    p.add_argument(
+        "--iterations", type=int, default=iterations, help="generator iterations per run"
+    )
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--data-root", type=Path, default=data_root, help=data_root_help)
+    p.add_argument("--workdir", type=Path, default=None, help="run dirs go here (default: tmp)")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--json", type=Path, default=None, help=json_help)
+    p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.g_channels=64")
+    return p
+
+
+def cpu_training_overrides(
+    root: str | os.PathLike,
+    iterations: int,
+    *,
+    log_every: int,
+    checkpoint_every: int,
+    quick: bool,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """Overrides of a training run on the CPU on the image folder ``root``: logs every
+    ``log_every`` iterations, one sample grid at the end, no evaluation or progress bar;
+    ``quick``: ``QUICK_TRAIN_OVERRIDES``; ``extra`` last (later overrides win)."""
+    return [
+        "data=folder",
+        f"data.root={Path(root).resolve()}",
+        f"iterations={iterations}",
+        "device=cpu",
+        f"log_every={log_every}",
+        f"log_exact_every={iterations}",
+        f"sample_every={iterations}",
+        f"checkpoint_every={checkpoint_every}",
+        "metrics.enabled=false",
+        "progress=false",
+        *(QUICK_TRAIN_OVERRIDES if quick else ()),
+        *extra,
+    ]
 
 
 # -- the record -----------------------------------------------------------------------------------
@@ -317,3 +482,14 @@ def write_json(path: str | os.PathLike, data: Any, compact_lists: bool = False) 
         )
     path.write_text(text + "\n")
     print(f"wrote {path}")
+
+
+def write_record(
+    path: str | os.PathLike | None, record: dict[str, Any], compact_lists: bool = False
+) -> dict[str, Any]:
+    """``record`` with ``machine.load_average_at_end`` stamped, written to ``path`` where one is
+    given (``write_json``); returns ``record``."""
+    record["machine"]["load_average_at_end"] = load_average()
+    if path is not None:
+        write_json(path, record, compact_lists=compact_lists)
+    return record

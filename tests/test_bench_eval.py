@@ -1,4 +1,4 @@
-"""scripts/bench_eval.py --quick on the CPU: every stage timed, the real metrics code, no target.
+"""benchmarks/bench_eval.py --quick on the CPU: every stage timed, the real metrics code, no target.
 
 One subprocess, as a user runs it (step 5 of scripts/gpu_check.sh --cpu-smoke, which the
 session runs once): 12 generated and 12 reference images through the paper's ResNet G and

@@ -1,4 +1,4 @@
-"""The benchmark scripts: they run with tiny settings and write their JSON (no timing asserts)."""
+"""benchmarks/: the harnesses run with tiny settings and write their JSON (no timing asserts)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from sngan.benchmarking import swap_spectral_norm
 from sngan.models import DCGANDiscriminator, ResNetDiscriminator
 from sngan.spectral_norm import is_spectral_normalized
 
-SCRIPTS = REPO_ROOT / "scripts"
+BENCHMARKS = REPO_ROOT / "benchmarks"
 # One torch thread: these share a small CPU with other test processes.
 TINY_SN = ["--batch-size", "2", "--repeats", "2", "--warmup", "1", "--threads", "1"]
 
 
 def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *args],
+        [sys.executable, str(BENCHMARKS / name), *args],
         capture_output=True,
         text=True,
         timeout=300,

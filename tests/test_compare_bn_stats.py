@@ -1,4 +1,4 @@
-"""scripts/compare_bn_stats.py: its distances by hand, and --quick end to end on the real slice.
+"""benchmarks/compare_bn_stats.py: its distances by hand, and --quick end to end on the real slice.
 
 The --quick run trains two tiny runs of 10 iterations (EMA from iteration 5, a checkpoint every
 5) and evaluates four checkpoints: about 30 s of CPU.
@@ -30,8 +30,8 @@ DCGAN_NORMS = ["bn_in", "bns.0", "bns.1", "bns.2"]
 
 @pytest.fixture(scope="module")
 def script():
-    """scripts/compare_bn_stats.py as a module."""
-    path = REPO_ROOT / "scripts" / "compare_bn_stats.py"
+    """benchmarks/compare_bn_stats.py as a module."""
+    path = REPO_ROOT / "benchmarks" / "compare_bn_stats.py"
     spec = importlib.util.spec_from_file_location("compare_bn_stats", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -47,7 +47,7 @@ def quick(real_slice: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO_ROOT / "scripts" / "compare_bn_stats.py"),
+            str(REPO_ROOT / "benchmarks" / "compare_bn_stats.py"),
             "--quick",
             "--data-root",
             str(real_slice),

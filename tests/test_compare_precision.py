@@ -1,4 +1,4 @@
-"""scripts/compare_precision.py: its comparison rule on hand-made curves, and --quick end to end.
+"""benchmarks/compare_precision.py: its comparison rule on hand-made curves, and --quick end to end.
 
 The end-to-end test trains three tiny runs, one of them through torch.compile: about 40 s on two
 idle cores with an empty inductor cache, minutes on a busy machine, hence ``slow``.
@@ -17,16 +17,16 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-SCRIPTS = REPO_ROOT / "scripts"
+BENCHMARKS = REPO_ROOT / "benchmarks"
 TAGS = ["loss/d", "loss/g", "d/real", "d/fake"]
 RUNS = ["fp32", "bf16", "fp32_seed"]
 
 
 @pytest.fixture
 def script():
-    """scripts/compare_precision.py as a module."""
+    """benchmarks/compare_precision.py as a module."""
     spec = importlib.util.spec_from_file_location(
-        "compare_precision", SCRIPTS / "compare_precision.py"
+        "compare_precision", BENCHMARKS / "compare_precision.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -64,7 +64,7 @@ def test_quick_writes_curves_comparisons_and_a_verdict_by_the_rule(
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO_ROOT / "scripts" / "compare_precision.py"),
+            str(BENCHMARKS / "compare_precision.py"),
             "--quick",
             "--threads",
             "1",

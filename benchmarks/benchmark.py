@@ -22,9 +22,9 @@ The two are timed in interleaved rounds (ours, reference; reference, ours; ...):
 is taken within each round and its median reported. FLOPs are counted once per variant with
 ``torch.utils.flop_counter.FlopCounterMode`` over one eager iteration (forward+backward).
 
-    python scripts/benchmark.py --json bench.json                  # both models, this device
-    python scripts/benchmark.py --models dcgan --no-amp --profile 15
-    python scripts/benchmark.py --quick --json /tmp/b.json         # tiny smoke run
+    python benchmarks/benchmark.py --json bench.json               # both models, this device
+    python benchmarks/benchmark.py --models dcgan --no-amp --profile 15
+    python benchmarks/benchmark.py --quick --json /tmp/b.json      # tiny smoke run
 """
 
 from __future__ import annotations
@@ -41,29 +41,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from sngan.benchmarking import (
-    PRESETS,
-    in_ms,
-    interleaved_times,
-    load_average,
-    machine,
-    machine_line,
-    paired_ratios,
-    preset_config,
-    summary,
-    swap_spectral_norm,
-    synchronize,
-    timed,
-    write_json,
-)
-from sngan.build import (
-    FastPaths,
-    build_networks,
-    build_train_state,
-    configure_backends,
-    resolve_device,
-    training_images,
-)
+from sngan import benchmarking
+from sngan.build import FastPaths, build_networks, build_train_state, training_images
 from sngan.config import TrainConfig
 from sngan.losses import get_loss
 from sngan.train import generator_iteration
@@ -117,7 +96,7 @@ class ReferenceIteration:
         torch.manual_seed(cfg.seed)
         G, D = build_networks(cfg)
         self.G = G.to(device)
-        self.D = swap_spectral_norm(D, "torch").to(device)
+        self.D = benchmarking.swap_spectral_norm(D, "torch").to(device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.g_lr, betas=o.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.d_lr, betas=o.betas)
@@ -187,7 +166,7 @@ def profile(name: str, iteration: Callable[[], None], device: torch.device, rows
         activities.append(ProfilerActivity.CUDA)
     with torch_profile(activities=activities) as prof:
         iteration()
-        synchronize(device)
+        benchmarking.synchronize(device)
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=rows)
     return f"--- profile: {name}, one generator iteration ---\n{table}"
@@ -204,7 +183,7 @@ def bench_model(
     profile_rows: int,
 ) -> dict[str, Any]:
     """Time ``model``'s generator iteration, ours and the reference, interleaved."""
-    cfg = preset_config(model, overrides)
+    cfg = benchmarking.preset_config(model, overrides)
     images, labels = training_images(cfg)
     variants: dict[str, Any] = {
         "ours": OursIteration(cfg, images, labels, device),
@@ -212,18 +191,18 @@ def bench_model(
     }
     flops = {name: count_flops(it) for name, it in variants.items()}
     # The first timed-by-itself iteration: includes compilation and cuDNN autotuning.
-    first_s = {name: timed(it, device)[1] for name, it in variants.items()}
+    first_s = {name: benchmarking.timed(it, device)[1] for name, it in variants.items()}
     memory: dict[str, list[dict[str, float | None]]] = {}
-    times = interleaved_times(
+    times = benchmarking.interleaved_times(
         variants, device=device, warmup=warmup, repeats=repeats, number=iterations, memory=memory
     )
     names = list(variants)
     per_iteration = images_per_iteration(cfg)
-    speedup = summary(paired_ratios(times, "reference", "ours"))
+    speedup = benchmarking.summary(benchmarking.paired_ratios(times, "reference", "ours"))
     out: dict[str, Any] = {
         "fast_paths": asdict(FastPaths.resolve(cfg, device)),
         "config": {
-            "preset": f"experiment={PRESETS[model]}",
+            "preset": f"experiment={benchmarking.PRESETS[model]}",
             "overrides": list(overrides),
             "n_dis": cfg.optim.n_dis,
             "d_batch_size": cfg.optim.d_batch_size,
@@ -243,7 +222,7 @@ def bench_model(
         "cpu_target_met": speedup["median"] >= CPU_TARGET_SPEEDUP if device.type == "cpu" else None,
     }
     for name in names:
-        ms = in_ms(summary(times[name]))
+        ms = benchmarking.in_ms(benchmarking.summary(times[name]))
         sec = ms["median"] / 1e3
         peaks = [m["peak_above_start_mib"] for m in memory[name]]
         peaks = [p for p in peaks if p is not None]
@@ -269,17 +248,18 @@ def print_table(results: dict[str, Any]) -> None:
     fast = next(iter(results.values()))["fast_paths"]
     flags = ", ".join(f"{k}={'on' if v else 'off'}" for k, v in fast.items())
     print(f"\ngenerator iterations, median of interleaved rounds (ours: {flags})")
-    head = f"{'model':<8}{'variant':<11}{'ms/it':>10}{'img/s':>9}{'GFLOP/it':>10}"
+    w = max(8, *(len(model) + 2 for model in results))  # imagenet_projection is long
+    head = f"{'model':<{w}}{'variant':<11}{'ms/it':>10}{'img/s':>9}{'GFLOP/it':>10}"
     print(head + f"{'TFLOP/s':>9}{'vs ref':>8}{'peak MiB':>10}")
     for model, r in results.items():
         for name, v in r["variants"].items():
             ratio = r["speedup_vs_reference"]["median"] if name == "ours" else 1.0
             peak = v["peak_memory_mib"]
             print(
-                f"{model:<8}{name:<11}{v['ms_per_iteration']['median']:>10.1f}"
+                f"{model:<{w}}{name:<11}{v['ms_per_iteration']['median']:>10.1f}"
                 f"{v['images_per_s']:>9.1f}{v['gflop_per_iteration']:>10.1f}"
                 f"{v['tflop_per_s']:>9.3f}{ratio:>7.2f}x"
-                f"{'n/a' if peak is None else f'{peak:.0f}':>10}"
+                f"{benchmarking.fmt(peak, '.0f'):>10}"
             )
         s = r["speedup_vs_reference"]
         met = r["cpu_target_met"]
@@ -289,7 +269,7 @@ def print_table(results: dict[str, Any]) -> None:
             else f"; CPU target >= {CPU_TARGET_SPEEDUP}x: " + ("met" if met else "NOT met")
         )
         print(
-            f"{'':<8}speedup ref/ours per round: median {s['median']:.3f} "
+            f"{'':<{w}}speedup ref/ours per round: median {s['median']:.3f} "
             f"(IQR {s['q1']:.3f}-{s['q3']:.3f}, n={s['n']}){verdict}"
         )
     print(
@@ -299,13 +279,15 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = benchmarking.script_parser(__doc__)
     p.add_argument(
         "--models",
+        type=benchmarking.comma_separated(benchmarking.PRESETS),
         default="resnet,dcgan",
-        help=f"comma-separated, of {', '.join(PRESETS)} (stl10_*: the 48-pixel presets)",
+        help=f"comma-separated, of {', '.join(benchmarking.PRESETS)} "
+        "(stl10_*: 48 px; imagenet_*: 128)",
     )
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    benchmarking.add_device_arguments(p)
     p.add_argument(
         "--iterations",
         type=int,
@@ -328,7 +310,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         default=50000,
         help="synthetic training images (CIFAR-10 has 50000)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     for flag, what in (
         ("amp", "bf16 autocast"),
         ("compile", "torch.compile of G and D"),
@@ -358,10 +339,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.num_classes=10")
     args = p.parse_args(argv)
 
-    device = resolve_device(args.device)
+    device = benchmarking.setup_device(args.device, args.threads)  # as train() sets the backends
     on_cuda = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.quick:
         warmup, iterations, repeats, num_images = 0, 1, 2, 64
     else:
@@ -384,15 +363,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         *fast_overrides,
         *args.overrides,
     ]
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - set(PRESETS))
-    if unknown:
-        p.error(f"unknown --models {unknown}; choose from {', '.join(PRESETS)}")
-    configure_backends(device)  # as train() does
-
-    info = machine(device)
+    info = benchmarking.machine(device)
     print(
-        f"{machine_line(info)} | {repeats} rounds x {iterations} iteration(s), "
+        f"{benchmarking.machine_line(info)} | {repeats} rounds x {iterations} iteration(s), "
         f"warm-up {warmup}{' | QUICK (not a measurement)' if args.quick else ''}"
     )
     t_start = time.perf_counter()
@@ -406,10 +379,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             repeats=repeats,
             profile_rows=args.profile,
         )
-        for model in models
+        for model in args.models
     }
     print_table(results)
-    info["load_average_at_end"] = load_average()
     out = {
         "benchmark": "generator_iteration",
         "machine": info,
@@ -424,9 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "results": results,
         "wall_s": time.perf_counter() - t_start,
     }
-    if args.json is not None:
-        write_json(args.json, out)
-    return out
+    return benchmarking.write_record(args.json, out)
 
 
 if __name__ == "__main__":

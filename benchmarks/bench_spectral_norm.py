@@ -12,32 +12,19 @@ round and their median is reported.
 
 Targets (issue): ``ours`` within 5 % of ``none`` and no slower than ``torch``.
 
-    python scripts/bench_spectral_norm.py --json bench_sn.json
-    python scripts/bench_spectral_norm.py --device cuda --repeats 30
+    python benchmarks/bench_spectral_norm.py --json bench_sn.json
+    python benchmarks/bench_spectral_norm.py --device cuda --repeats 30
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from sngan.benchmarking import (
-    SN_VARIANTS,
-    in_ms,
-    interleaved_times,
-    load_average,
-    machine,
-    machine_line,
-    paired_ratios,
-    summary,
-    swap_spectral_norm,
-    write_json,
-)
-from sngan.build import configure_backends, resolve_device
+from sngan import benchmarking
 from sngan.models import DISCRIMINATORS
 
 ARCHITECTURES = ("dcgan", "resnet")
@@ -48,7 +35,7 @@ TARGETS = {"ours/none": 1.05, "ours/torch": 1.00}
 def build_discriminator(arch: str, variant: str, device: torch.device) -> nn.Module:
     """The paper's unconditional D of ``arch`` at its default width, with ``variant``'s SN."""
     torch.manual_seed(0)  # the same initial weights for every variant
-    D = swap_spectral_norm(DISCRIMINATORS[arch](), variant)
+    D = benchmarking.swap_spectral_norm(DISCRIMINATORS[arch](), variant)
     return D.to(device).train()
 
 
@@ -65,11 +52,21 @@ def bench_architecture(
 ) -> dict[str, object]:
     """Time the three variants of ``arch`` side by side; medians in ms and paired ratios."""
     x = torch.randn(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(1)).to(device)
-    calls = {v: forward_backward(build_discriminator(arch, v, device), x) for v in SN_VARIANTS}
-    times = interleaved_times(calls, device=device, warmup=warmup, repeats=repeats, number=number)
-    ratios = {key: summary(paired_ratios(times, *key.split("/"))) for key in TARGETS}
+    calls = {
+        v: forward_backward(build_discriminator(arch, v, device), x)
+        for v in benchmarking.SN_VARIANTS
+    }
+    times = benchmarking.interleaved_times(
+        calls, device=device, warmup=warmup, repeats=repeats, number=number
+    )
+    ratios = {
+        key: benchmarking.summary(benchmarking.paired_ratios(times, *key.split("/")))
+        for key in TARGETS
+    }
     return {
-        "ms": {v: in_ms(summary(times[v])) for v in SN_VARIANTS},
+        "ms": {
+            v: benchmarking.in_ms(benchmarking.summary(times[v])) for v in benchmarking.SN_VARIANTS
+        },
         "ratio": ratios,
         "target_met": {key: ratios[key]["median"] <= bound for key, bound in TARGETS.items()},
         "raw_s": times,
@@ -80,7 +77,7 @@ def print_table(results: dict[str, dict], batch_size: int) -> None:
     print(f"\nforward+backward at batch {batch_size}, 32x32 (median of rounds; ms)")
     print(f"{'D':<8}{'none':>10}{'ours':>10}{'torch':>10}{'ours/none':>28}{'ours/torch':>28}")
     for arch, r in results.items():
-        ms = [f"{r['ms'][v]['median']:10.2f}" for v in SN_VARIANTS]
+        ms = [f"{r['ms'][v]['median']:10.2f}" for v in benchmarking.SN_VARIANTS]
         cells = []
         for key, bound in TARGETS.items():
             q = r["ratio"][key]
@@ -94,10 +91,15 @@ def print_table(results: dict[str, dict], batch_size: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, object]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p = benchmarking.script_parser(__doc__)
+    benchmarking.add_device_arguments(p)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--archs", default=",".join(ARCHITECTURES), help="comma-separated: dcgan,resnet")
+    p.add_argument(
+        "--archs",
+        type=benchmarking.comma_separated(ARCHITECTURES),
+        default=",".join(ARCHITECTURES),
+        help="comma-separated: dcgan,resnet",
+    )
     p.add_argument(
         "--repeats",
         type=int,
@@ -116,25 +118,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         default=None,
         help="untimed calls of each variant first (default: 2 on CPU, 10 on CUDA)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args(argv)
 
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = benchmarking.setup_device(args.device, args.threads)  # as training runs
     on_cuda = device.type == "cuda"
     repeats = args.repeats or (30 if on_cuda else 20)
     number = args.number or (20 if on_cuda else 1)
     warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 2)
-    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
-    unknown = sorted(set(archs) - set(ARCHITECTURES))
-    if unknown:
-        p.error(f"unknown --archs {unknown}; choose from {', '.join(ARCHITECTURES)}")
-    configure_backends(device)  # as training runs
-
-    info = machine(device)
-    print(f"{machine_line(info)} | repeats {repeats} x {number} call(s), warm-up {warmup}")
+    info = benchmarking.machine(device)
+    line = benchmarking.machine_line(info)
+    print(f"{line} | repeats {repeats} x {number} call(s), warm-up {warmup}")
     results = {
         arch: bench_architecture(
             arch,
@@ -144,10 +138,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             repeats=repeats,
             number=number,
         )
-        for arch in archs
+        for arch in args.archs
     }
     print_table(results, args.batch_size)
-    info["load_average_at_end"] = load_average()
     out = {
         "benchmark": "spectral_norm_forward_backward",
         "machine": info,
@@ -157,14 +150,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             "repeats": repeats,
             "number": number,
             "warmup": warmup,
-            "variants": list(SN_VARIANTS),
+            "variants": list(benchmarking.SN_VARIANTS),
             "targets": TARGETS,
         },
         "results": results,
     }
-    if args.json is not None:
-        write_json(args.json, out)
-    return out
+    return benchmarking.write_record(args.json, out)
 
 
 if __name__ == "__main__":

@@ -31,18 +31,16 @@ each pair is one sample of a noisy process). Per-iteration wall time is 1 / ``pe
 (with log_every=1, the time between two logs); its median over the iterations after the first
 ``WARMUP`` gives the speedup of bf16 + compile on the real trainer.
 
-    python scripts/compare_precision.py --iterations 600 --json docs/runs/precision_dcgan.json
-    python scripts/compare_precision.py --model resnet --iterations 400 model.g_channels=64 \
+    python benchmarks/compare_precision.py --iterations 600 --json docs/runs/precision_dcgan.json
+    python benchmarks/compare_precision.py --model resnet --iterations 400 model.g_channels=64 \
         model.d_channels=64 optim.d_batch_size=32 optim.g_batch_size=16 optim.lr_decay=none
-    python scripts/compare_precision.py --quick --json /tmp/p.json   # tiny smoke run
+    python benchmarks/compare_precision.py --quick --json /tmp/p.json   # tiny smoke run
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -52,44 +50,15 @@ from typing import Any
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sngan.benchmarking import (
-    PRESETS,
-    load_average,
-    machine,
-    machine_line,
-    preset_config,
-    write_json,
-)
+from sngan import benchmarking
 from sngan.config import TrainConfig, to_dict
 from sngan.guard import NonFiniteError
 from sngan.train import train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice" / "train"
 TAGS = ("loss/d", "loss/g", "d/real", "d/fake")
 R_TOL = 0.1
 MARGIN = 1.5
 WARMUP = 10  # iterations left out of the median time (compilation happens in the first)
-# --quick: tiny networks and batches (as tests/conftest.py's TINY), a smoke run.
-QUICK_OVERRIDES = [
-    "model.z_dim=16",
-    "model.g_channels=32",
-    "model.d_channels=8",
-    "optim.d_batch_size=8",
-    "optim.g_batch_size=8",
-]
-
-
-def git_state() -> dict[str, Any]:
-    """The commit this checkout is at, and its uncommitted changes to the trainer's code."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, cwd=REPO_ROOT
-        ).stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "sngan", "configs").splitlines()
-    return {"git_commit": git("rev-parse", "HEAD"), "sngan_uncommitted": changed}
 
 
 def read_curves(run_dir: Path) -> dict[str, list[float]]:
@@ -176,53 +145,45 @@ def tag_verdict(test: dict[str, Any], base: dict[str, Any]) -> dict[str, bool]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=sorted(PRESETS), default="dcgan")
-    p.add_argument("--iterations", type=int, default=600, help="generator iterations per run")
+    p = benchmarking.training_parser(
+        __doc__,
+        iterations=600,
+        data_root=benchmarking.CIFAR10_SLICE / "train",
+        data_root_help="ImageFolder of the slice",
+        quick_help="tiny networks, 8 iterations: a smoke run",
+        seed_help="S; the baseline run uses S+1",
+    )
     p.add_argument("--window", type=int, default=25, help="iterations per window mean")
-    p.add_argument("--seed", type=int, default=0, help="S; the baseline run uses S+1")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--data-root", type=Path, default=REAL_SLICE, help="ImageFolder of the slice")
-    p.add_argument("--workdir", type=Path, default=None, help="run dirs go here (default: tmp)")
-    p.add_argument("--quick", action="store_true", help="tiny networks, 8 iterations: a smoke run")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.g_channels=64")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     iterations, window = (8, 2) if args.quick else (args.iterations, args.window)
     warmup = 1 if args.quick else WARMUP
-    overrides = [
-        "data=folder",
-        f"data.root={args.data_root.resolve()}",
-        f"iterations={iterations}",
-        "device=cpu",
-        "log_every=1",
-        f"log_exact_every={iterations}",
-        f"sample_every={iterations}",
-        f"checkpoint_every={iterations}",
-        "metrics.enabled=false",
-        "progress=false",
-        *(QUICK_OVERRIDES if args.quick else []),
-        *args.overrides,
-    ]
+    overrides = benchmarking.cpu_training_overrides(
+        args.data_root,
+        iterations,
+        log_every=1,
+        checkpoint_every=iterations,
+        quick=args.quick,
+        extra=args.overrides,
+    )
     runs_spec = {
         "fp32": (args.seed, False),
         "bf16": (args.seed, True),
         "fp32_seed": (args.seed + 1, False),
     }
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="compare_precision_"))
-    info = machine(torch.device("cpu"))
+    info = benchmarking.machine(torch.device("cpu"))
     info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     cpuinfo = Path("/proc/cpuinfo")
     info["avx512_bf16"] = cpuinfo.exists() and "avx512_bf16" in cpuinfo.read_text()
-    info.update(git_state())  # as imported: sngan is read once, before the first run
-    print(machine_line(info))
+    info.update(benchmarking.git_state())  # as imported: sngan is read once, before the first run
+    print(benchmarking.machine_line(info))
 
     runs = {}
     for name, (seed, fast) in runs_spec.items():
         flags = [f"seed={seed}", f"amp={str(fast).lower()}", f"compile={str(fast).lower()}"]
-        cfg = preset_config(args.model, [*overrides, *flags])
+        cfg = benchmarking.preset_config(args.model, [*overrides, *flags])
         runs[name] = run_one(name, cfg, workdir / name, warmup)
 
     windows = {
@@ -268,13 +229,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print(f"verdict: {'SAME SHAPE' if same_shape else 'NOT the same shape'} ({rule})")
 
-    info["load_average_at_end"] = load_average()
     out = {
         "comparison": "precision_loss_curves",
         "machine": info,
         "settings": {
             "model": args.model,
-            "preset": f"experiment={PRESETS[args.model]}",
+            "preset": f"experiment={benchmarking.PRESETS[args.model]}",
             "iterations": iterations,
             "window": window,
             "warmup": warmup,
@@ -290,9 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "verdict": {"same_shape": same_shape, "all_runs_healthy": healthy},
         "speedup_bf16_compile": speedup,
     }
-    if args.json is not None:
-        write_json(args.json, out, compact_lists=True)
-    return out
+    return benchmarking.write_record(args.json, out, compact_lists=True)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ Memory per stage (``sngan.benchmarking.PeakMemory``): peak CUDA memory allocated
 process's peak resident set (VmHWM, reset through /proc/self/clear_refs) on every device.
 
 Without ``--inception-weights`` the Inception weights are random values in the real file's
-format (``tests/inception_fixture.py``; the same network and the same time, meaningless
-numbers). Weights and torch-fidelity's cache live in a temporary directory removed at the end
-(``--keep-cache`` keeps it).
+format (``sngan.benchmarking.random_inception_weights``; the same network and the same time,
+meaningless numbers). Weights and torch-fidelity's cache live in a temporary directory removed at
+the end (``--keep-cache`` keeps it).
 
-    python scripts/bench_eval.py --json eval_h200.json          # on the GPU: the target
-    python scripts/bench_eval.py --device cpu --threads 1 --num-samples 2000 --num-real 2000
-    python scripts/bench_eval.py --quick --device cpu --threads 1  # smoke run, not a measurement
+    python benchmarks/bench_eval.py --json eval_h200.json          # on the GPU: the target
+    python benchmarks/bench_eval.py --device cpu --threads 1 --num-samples 2000 --num-real 2000
+    python benchmarks/bench_eval.py --quick --device cpu --threads 1  # smoke run, not a measurement
 """
 
 # The thread count has to be in the environment before numpy is imported, hence imports below code.
@@ -86,25 +86,10 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import NOISE_SOURCE_REGISTRY
 
-from sngan import evaluation, metrics
-from sngan.benchmarking import (
-    PeakMemory,
-    load_average,
-    machine,
-    machine_line,
-    random_inception_weights,
-    synchronize,
-    timed,
-    write_json,
-)
-from sngan.build import (
-    FastPaths,
-    build_networks,
-    configure_backends,
-    resolve_device,
-    training_images,
-)
+from sngan import benchmarking, evaluation, metrics
+from sngan.build import FastPaths, build_evaluator, build_networks, training_images
 from sngan.config import DataConfig, MetricsConfig, TrainConfig, validate
+from sngan.fp32 import full_precision
 from sngan.protocols import protocol
 
 # Issue 5: generation + Inception + IS + FID of 50,000 samples, reference cached, on one H200.
@@ -140,7 +125,7 @@ class Parts:
 
     def wrap(self, part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             self._children.append(0.0)
             t0 = time.perf_counter()
             try:
@@ -153,7 +138,7 @@ class Parts:
                 if self._children:
                     self._children[-1] += total
 
-        return timed
+        return wrapper
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[list[str]]:
@@ -212,20 +197,20 @@ def generate(
     batch_size = min(batch_size, num_samples)
     made = 0
     on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with on_device, metrics.full_precision(device), torch.no_grad():
+    with on_device, full_precision(device), torch.no_grad():
         for start in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - start)
             z = NOISE_SOURCE_REGISTRY[samples.z_type](rng, (n, samples.z_size))
             made += len(samples(z.to(device, non_blocking=True)))
-    synchronize(device)
+    benchmarking.synchronize(device)
     return made
 
 
 def timed_stage(device: torch.device, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
     """Run ``fn`` once; its result, and its seconds and memory."""
-    memory = PeakMemory(device)
+    memory = benchmarking.PeakMemory(device)
     memory.begin()
-    result, seconds = timed(fn, device)
+    result, seconds = benchmarking.timed(fn, device)
     return result, {"seconds": seconds, **memory.end()}
 
 
@@ -301,10 +286,6 @@ def versions(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def fmt(x: float | None, spec: str) -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
 def print_report(out: dict[str, Any]) -> None:
     s, st = out["settings"], out["stages"]
     n, n_real = s["num_samples"], s["num_real"]
@@ -325,8 +306,8 @@ def print_report(out: dict[str, Any]) -> None:
         img_s = n / r["seconds"]
         gpu = r.get("gpu_peak_allocated_mib")
         print(
-            f"{name:<30}{r['seconds']:>10.2f}{img_s:>10.1f}{fmt(gpu, '.0f'):>10}"
-            f"{fmt(r['rss_peak_mib'], '.0f'):>10}  {what}"
+            f"{name:<30}{r['seconds']:>10.2f}{img_s:>10.1f}{benchmarking.fmt(gpu, '.0f'):>10}"
+            f"{benchmarking.fmt(r['rss_peak_mib'], '.0f'):>10}  {what}"
         )
     f = st["fid_cpu"]
     for name, seconds, what in (
@@ -345,8 +326,11 @@ def print_report(out: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p = benchmarking.script_parser(__doc__)
+    benchmarking.add_device_arguments(
+        p,
+        threads_help="torch threads, and numpy's BLAS threads through OMP/OPENBLAS/MKL_NUM_THREADS",
+    )
     p.add_argument("--num-samples", type=int, default=TARGET_NUM_SAMPLES, help="generated images")
     p.add_argument(
         "--num-real",
@@ -383,12 +367,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--sqrt-repeats", type=int, default=3, help="runs of the FID square root in stage (d)"
     )
     p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads, and numpy's BLAS threads through OMP/OPENBLAS/MKL_NUM_THREADS",
-    )
-    p.add_argument(
         "--cudnn-benchmark",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -415,13 +393,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.batch_size, args.sqrt_repeats = QUICK["batch_size"], QUICK["sqrt_repeats"]
     if args.num_real < 2:
         p.error("--num-real must be at least 2 (FID needs a covariance)")
-    device = resolve_device(args.device)
+    # As train() sets the backends (evaluate() itself turns TF32 off while it runs), bar
+    # --cudnn-benchmark.
+    device = benchmarking.setup_device(args.device, args.threads)
     on_cuda = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if on_cuda else 1)
-    # As train() sets them (evaluate() itself turns TF32 off while it runs), bar --cudnn-benchmark.
-    configure_backends(device)
     if on_cuda:
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
 
@@ -432,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         weights = args.inception_weights
         if weights is None:
-            weights = random_inception_weights(work / "inception-random.pth")
+            weights = benchmarking.random_inception_weights(work / "inception-random.pth")
         # The default config but for its data (synthetic) and evaluation settings.
         cfg = validate(
             TrainConfig(
@@ -455,9 +431,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         channels_last = default_layout if args.channels_last is None else args.channels_last
         G_ema = build_g_ema(cfg, device, channels_last)
 
-        info = machine(device) | versions(device)
+        info = benchmarking.machine(device) | versions(device)
         print(
-            f"{machine_line(info)}, torch-fidelity {info['torch_fidelity']} | "
+            f"{benchmarking.machine_line(info)}, torch-fidelity {info['torch_fidelity']} | "
             f"{args.num_samples} samples vs {args.num_real} real, batch {args.batch_size}"
             f"{' | QUICK (not a measurement)' if args.quick else ''}"
         )
@@ -473,9 +449,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # One evaluator, as training and sngan-eval hold it: Inception is built and the
         # reference's features computed (and cached) at its first call, (b); later calls, (c),
         # generate and score only.
-        evaluator = evaluation.build_evaluator(
-            settings, reference, evaluation.reference_name(cfg), device
-        )
+        evaluator = build_evaluator(settings, reference, evaluation.reference_name(cfg), device)
 
         def evaluate() -> dict[str, float]:
             return evaluator(G_ema, cfg.seed)
@@ -516,7 +490,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             and args.num_samples == TARGET_NUM_SAMPLES
             and args.num_real == TARGET_NUM_SAMPLES
         )
-        info["load_average_at_end"] = load_average()
         out = {
             "benchmark": "evaluation",
             "machine": info,
@@ -536,7 +509,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "model": asdict(cfg.model),
                 "reference": f"load_images('synthetic', num_images={args.num_real})",
                 "reference_name": evaluation.reference_name(cfg),
-                "inception_weights": str(args.inception_weights or "random (inception_fixture)"),
+                "inception_weights": str(
+                    args.inception_weights or "random (random_inception_weights)"
+                ),
                 "cache_dir": str(cache_dir),
                 "cache_kept": bool(args.keep_cache or args.cache_dir),
             },
@@ -548,9 +523,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "wall_s": time.perf_counter() - t_start,
         }
         print_report(out)
-        if args.json is not None:
-            write_json(args.json, out)
-        return out
+        return benchmarking.write_record(args.json, out)
     finally:
         if not args.keep_cache:
             shutil.rmtree(work, ignore_errors=True)

@@ -33,15 +33,15 @@ The picture (``--image``): the same 16 z through (a) and, per decay, (b) and (c)
 checkpoint. The JSON (``--json``): machine, command, every run's config, every number.
 
     # docs/runs/bn_stats_dcgan.json and bn_stats_dcgan_decay0.99.json (the DCGAN at reduced width):
-    python scripts/compare_bn_stats.py --model dcgan --iterations 400 model.g_channels=256 \\
+    python benchmarks/compare_bn_stats.py --model dcgan --iterations 400 model.g_channels=256 \\
         model.d_channels=32
-    python scripts/compare_bn_stats.py --model dcgan --iterations 400 --decays 0.99 \\
+    python benchmarks/compare_bn_stats.py --model dcgan --iterations 400 --decays 0.99 \\
         --json docs/runs/bn_stats_dcgan_decay0.99.json \\
         --image docs/images/bn_stats_dcgan_decay0.99.png model.g_channels=256 model.d_channels=32
     # the ResNet (not run: with n_dis 5 it costs several times the DCGAN's CPU per iteration):
-    python scripts/compare_bn_stats.py --model resnet --iterations 300 model.g_channels=64 \\
+    python benchmarks/compare_bn_stats.py --model resnet --iterations 300 model.g_channels=64 \\
         model.d_channels=64 optim.d_batch_size=32 optim.g_batch_size=32 optim.lr_decay=none
-    python scripts/compare_bn_stats.py --quick --json /tmp/b.json --image /tmp/b.png
+    python benchmarks/compare_bn_stats.py --quick --json /tmp/b.json --image /tmp/b.png
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -63,14 +62,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sngan.benchmarking import (
-    PRESETS,
-    load_average,
-    machine,
-    machine_line,
-    preset_config,
-    write_json,
-)
+from sngan import benchmarking
 from sngan.build import build_networks
 from sngan.checkpoint import checkpoint_dir
 from sngan.checkpoint import load as load_checkpoint
@@ -82,22 +74,12 @@ from sngan.sample import generate
 from sngan.standing_stats import recompute_batchnorm_statistics
 from sngan.train import train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_SLICE = REPO_ROOT.parent / "shared" / "data" / "cifar10-slice"
 GENERATORS = ("G", "G_ema_copy", "G_ema_recompute")
 FEATURES = ("pixels8", "random_cnn")
 FEATURE_SEED = 1234  # the random CNN's weights
 SAMPLE_SEED = 100  # z of the samples; SAMPLE_SEED + 1 for the noise floor
 GRID_SEED = 7  # z of the picture
 STANDING_SEED = 0  # z of the recompute; STANDING_SEED + 1 for its noise floor
-# --quick: tiny networks and batches (as tests/conftest.py's TINY), a smoke run.
-QUICK_OVERRIDES = [
-    "model.z_dim=16",
-    "model.g_channels=32",
-    "model.d_channels=8",
-    "optim.d_batch_size=8",
-    "optim.g_batch_size=8",
-]
 
 
 # -- statistics -----------------------------------------------------------------------------------
@@ -433,31 +415,23 @@ def print_table(runs: dict[str, Any], floor: dict[str, float]) -> None:
     )
 
 
-def git_commit() -> str:
-    """The commit this checkout is at (read only)."""
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT
-    ).stdout.strip()
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", choices=sorted(PRESETS), default="dcgan")
-    p.add_argument("--iterations", type=int, default=500, help="generator iterations per run")
+    p = benchmarking.training_parser(
+        __doc__,
+        iterations=500,
+        data_root=benchmarking.CIFAR10_SLICE,
+        data_root_help="holds train/ and test/",
+        quick_help="tiny networks, 10 iterations: a smoke run",
+        seed_help="the training seed of every run",
+        json_help="default: docs/runs/bn_stats_<model>.json",
+    )
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--ema-start", type=int, default=50, help="optim.ema_start")
     p.add_argument("--decays", type=float, nargs="+", default=[0.9999, 0.999])
     p.add_argument("--samples", type=int, default=1000, help="images per generator")
     p.add_argument("--standing-batches", type=int, default=50)
     p.add_argument("--standing-batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="the training seed of every run")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--data-root", type=Path, default=REAL_SLICE, help="holds train/ and test/")
-    p.add_argument("--workdir", type=Path, default=None, help="run dirs go here (default: tmp)")
-    p.add_argument("--quick", action="store_true", help="tiny networks, 10 iterations: a smoke run")
-    p.add_argument("--json", type=Path, default=None, help="docs/runs/bn_stats_<model>.json")
     p.add_argument("--image", type=Path, default=None, help="docs/images/bn_stats_<model>.png")
-    p.add_argument("overrides", nargs="*", help="extra config overrides, e.g. model.g_channels=64")
     args = p.parse_args(argv)
     if args.quick:
         args.iterations, args.checkpoint_every, args.ema_start = 10, 5, 5
@@ -466,37 +440,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     suffix = "_quick" if args.quick else ""
     json_path = (
         args.json
-        or (workdir if args.quick else REPO_ROOT / "docs" / "runs")
+        or (workdir if args.quick else benchmarking.REPO_ROOT / "docs" / "runs")
         / f"bn_stats_{args.model}{suffix}.json"
     )
     image_path = (
         args.image
-        or (workdir if args.quick else REPO_ROOT / "docs" / "images")
+        or (workdir if args.quick else benchmarking.REPO_ROOT / "docs" / "images")
         / f"bn_stats_{args.model}{suffix}.png"
     )
 
     torch.set_num_threads(args.threads)
-    info = machine(torch.device("cpu"))
-    info["git_commit"] = git_commit()
-    print(machine_line(info))
-    overrides = [
-        "data=folder",
-        f"data.root={(args.data_root / 'train').resolve()}",
-        f"iterations={args.iterations}",
-        "device=cpu",
-        f"threads={args.threads}",
-        f"seed={args.seed}",
-        f"optim.ema_start={args.ema_start}",
-        f"checkpoint_every={args.checkpoint_every}",
-        "keep_checkpoints=1000",
-        f"log_every={args.checkpoint_every}",
-        f"log_exact_every={args.iterations}",
-        f"sample_every={args.iterations}",
-        "metrics.enabled=false",
-        "progress=false",
-        *(QUICK_OVERRIDES if args.quick else []),
-        *args.overrides,
-    ]
+    info = benchmarking.machine(torch.device("cpu"))
+    info |= benchmarking.git_state()
+    print(benchmarking.machine_line(info))
+    overrides = benchmarking.cpu_training_overrides(
+        args.data_root / "train",
+        args.iterations,
+        log_every=args.checkpoint_every,
+        checkpoint_every=args.checkpoint_every,
+        quick=args.quick,
+        extra=[
+            f"threads={args.threads}",
+            f"seed={args.seed}",
+            f"optim.ema_start={args.ema_start}",
+            "keep_checkpoints=1000",
+            *args.overrides,
+        ],
+    )
 
     # The references: the training images the runs train on, and the test images as a floor.
     net = RandomFeatures(FEATURE_SEED)
@@ -514,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     panels: dict[str, torch.Tensor] = {}
     G_states = []
     for decay in args.decays:
-        cfg = preset_config(args.model, [*overrides, f"optim.ema_decay={decay}"])
+        cfg = benchmarking.preset_config(args.model, [*overrides, f"optim.ema_decay={decay}"])
         run_dir = workdir / f"decay_{decay}"
         print(f"--- ema_decay={decay} -> {run_dir}")
         t0 = time.perf_counter()
@@ -543,14 +513,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print_table(runs, floor)
     print(f"same G in every run: {same_G}")
     write_picture(panels, image_path)
-    info["load_average_at_end"] = load_average()
     out = {
         "comparison": "bn_statistics_copy_vs_recompute",
         "machine": info,
         "commands": [info["command"]],
         "settings": {
             "model": args.model,
-            "preset": f"experiment={PRESETS[args.model]}",
+            "preset": f"experiment={benchmarking.PRESETS[args.model]}",
             "iterations": args.iterations,
             "checkpoint_every": args.checkpoint_every,
             "ema_start": args.ema_start,
@@ -576,8 +545,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "same_G_in_every_run": same_G,
         "runs": runs,
     }
-    write_json(json_path, out, compact_lists=True)
-    return out
+    return benchmarking.write_record(json_path, out, compact_lists=True)
 
 
 if __name__ == "__main__":
