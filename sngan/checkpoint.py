@@ -1,9 +1,10 @@
 """Checkpoints: one resumable file of plain state dicts, written atomically.
 
 A snapshot is ``run_dir/checkpoints/ckpt_<iteration>.pt``; ``latest.pt`` is a hard link to
-the newest and ``best.pt`` a copy of the best-FID one. Every file is written to a temporary
-name, fsynced and renamed, so a killed process or a full disk never leaves a half-written
-checkpoint where a complete one was. Files are read with ``torch.load(weights_only=True)``:
+the newest and ``best.pt`` a copy of the best-FID one. Every file goes through
+``sngan.atomic``, so a killed process or a full disk never leaves a half-written checkpoint
+where a complete one was, and a full disk is refused before writing when the tensors will not
+fit. Files are read with ``torch.load(weights_only=True)``:
 a checkpoint cannot run code.
 
 Tests set ``SNGAN_TEST_SAVE_PAUSE=<seconds>`` to hold every write half done for that long, so
@@ -16,11 +17,11 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from sngan import __version__
+from sngan import __version__, atomic
 
 FORMAT = "sngan-checkpoint"
 FORMAT_VERSION = 1
@@ -54,28 +55,6 @@ def snapshot_path(run_dir: str | os.PathLike, iteration: int) -> Path:
     return checkpoint_dir(run_dir) / f"ckpt_{iteration:07d}.pt"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise CheckpointWriteError(f"could not write checkpoint {path}: {e.strerror or e}") from e
-
-
 def _test_pause() -> None:
     seconds = float(os.environ.get("SNGAN_TEST_SAVE_PAUSE", "0"))
     if seconds > 0:
@@ -88,33 +67,23 @@ def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "sngan_version": __version__}
     payload.update(state)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            _test_pause()  # the temporary file may be partly on disk here
-            f.flush()
-            os.fsync(f.fileno())
+    def write(f: IO[bytes]) -> None:
+        torch.save(payload, f)
+        _test_pause()  # the temporary file may be partly on disk here
 
-    _atomic(path, write)
-    return path
+    try:
+        return atomic.write_atomic(path, write, needed=atomic.payload_bytes(payload))
+    except atomic.WriteError as e:
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {e.reason}") from e
 
 
 def link(src: Path, name: str) -> Path:
     """Point ``src.parent / name`` at ``src`` atomically (hard link; a copy where links fail)."""
     dst = src.parent / name
-
-    def write(tmp: Path) -> None:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                while chunk := fi.read(1 << 24):
-                    fo.write(chunk)
-                fo.flush()
-                os.fsync(fo.fileno())
-
-    _atomic(dst, write)
-    return dst
+    try:
+        return atomic.link_atomic(src, dst)
+    except atomic.WriteError as e:
+        raise CheckpointWriteError(f"could not write checkpoint {dst}: {e.reason}") from e
 
 
 def save_snapshot(state: dict[str, Any], run_dir: str | os.PathLike, keep: int) -> Path:
@@ -211,8 +180,4 @@ def find_latest(run_dir: str | os.PathLike) -> Path:
 
 def remove_temporary_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the half-written temporary files a killed process left; return their paths."""
-    stale = sorted(checkpoint_dir(run_dir).glob(".*.tmp-*"))
-    for path in stale:
-        with contextlib.suppress(OSError):
-            path.unlink()
-    return stale
+    return atomic.remove_temporaries(checkpoint_dir(run_dir))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 # Under pytest-xdist two workers, and the subprocesses they start, share CI's two cores: one
@@ -34,6 +37,35 @@ CIFAR10_CLASSES = [
     "ship",
     "truck",
 ]
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str, read_only: bool = False) -> Iterator[Path]:
+    """A real filesystem of ``size`` bytes (``2m``...) at ``path``, for a full disk or a read-only
+    directory; skips the test, saying why, where tmpfs cannot be mounted (not root, a container
+    without CAP_SYS_ADMIN)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size},mode=0777" + (",ro" if read_only else "")
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        pytest.skip("a real full disk needs mount(8), which this machine does not have")
+    if proc.returncode != 0:
+        reason = proc.stderr.strip() or f"exit status {proc.returncode}"
+        pytest.skip(f"a real full disk needs a tmpfs mount, refused here: {reason}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def resize_tmpfs(path: Path, size: str) -> None:
+    """Give a ``mounted_tmpfs`` room again (or take it away): remount it at ``size``."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
@@ -86,6 +118,14 @@ def real_slice() -> Path:
     if not (REAL_SLICE / "train").is_dir():
         pytest.skip(f"the real CIFAR-10 slice is not at {REAL_SLICE}")
     return REAL_SLICE
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """torch-fidelity's Inception weights file format and keys, random values."""
+    from inception_fixture import write_random_inception_weights
+
+    return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "random.pth")
 
 
 @pytest.fixture(autouse=True)
@@ -175,8 +215,8 @@ def run_gpu_check(*args: str, out: Path, work: Path, timeout: float):
 def gpu_check_smoke(tmp_path_factory: pytest.TempPathFactory):
     """One ``gpu_check.sh --cpu-smoke`` run for the session: (process, its OUT, its scratch).
 
-    Its benchmark steps run scripts/benchmark.py and scripts/bench_eval.py with --quick, so the
-    tests of those scripts read the JSON and logs written here instead of running them again.
+    Its benchmark steps run benchmarks/benchmark.py and benchmarks/bench_eval.py with --quick, so
+    the tests of those harnesses read the JSON and logs written here instead of running them again.
     The readers share a worker under pytest-xdist (``pytest_xdist_make_scheduler``); the lock
     in the directory the workers share makes it once per run under any other distribution.
     """

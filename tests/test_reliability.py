@@ -2,7 +2,7 @@
 
 The kill and signal tests run the real ``sngan.cli.train_main`` in subprocesses on the synthetic
 source and compare against an uninterrupted subprocess run with the same thread count. There,
-``sngan.metrics.Evaluator`` is replaced by a cheap deterministic function of the generators' weights
+``sngan.build.build_evaluator`` gives a cheap deterministic function of the generators' weights
 (no Inception network on a 2-core CPU), so ``metrics.jsonl`` and best.pt are exercised too.
 """
 
@@ -23,7 +23,7 @@ import torch
 from conftest import TINY, read_events
 
 import sngan.build
-from sngan import checkpoint
+from sngan import atomic, checkpoint
 from sngan.cli import train_main
 from sngan.config import ConfigError
 from sngan.guard import NonFiniteError
@@ -35,10 +35,10 @@ from sngan.train import train
 LAUNCHER = """
 import sys
 import torch
-import sngan.evaluation as evaluation
+import sngan.build as build
 
 class Evaluator:
-    def __init__(self, reference, **kwargs):
+    def __init__(self, settings, reference, *args, **kwargs):
         self.num_real = len(reference)
 
     def __call__(self, G, seed=0):
@@ -46,8 +46,8 @@ class Evaluator:
             total = sum(p.double().sum() for p in G.parameters())
         return {"metrics/fid": float(total.abs() % 100.0), "metrics/is": float(self.num_real)}
 
-evaluation.metrics.Evaluator = Evaluator
-evaluation.check_weights_files = lambda settings: None
+build.build_evaluator = Evaluator
+build.checked_weights_files = lambda settings: {}
 sys.argv[0] = "sngan-train"
 from sngan.cli import train_main
 train_main()
@@ -261,6 +261,13 @@ def enospc_on_save(monkeypatch, fail_at: int) -> None:
     monkeypatch.setattr(checkpoint.torch, "save", save)
 
 
+def room(ckpts: Path) -> str:
+    """The free and needed space a full disk's message gives for a tiny run's checkpoint."""
+    needed = atomic.payload_bytes(checkpoint.load(ckpts / "ckpt_0000002.pt"))
+    free = atomic.free_bytes(ckpts)
+    return f"{atomic.describe_bytes(free)} free, {atomic.describe_bytes(needed)} needed"
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_config, monkeypatch):
     run_dir = tmp_path / "run"
     enospc_on_save(monkeypatch, fail_at=2)  # the snapshot of iteration 4
@@ -268,8 +275,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_con
         train(tiny_config("iterations=6"), run_dir)
     ckpts = run_dir / "checkpoints"
     assert str(err.value) == (
-        f"could not write checkpoint {ckpts}/ckpt_0000004.pt: No space left on device; "
-        f"the previous checkpoint {ckpts}/ckpt_0000002.pt is intact"
+        f"could not write checkpoint {ckpts}/ckpt_0000004.pt: no space left on device "
+        f"({room(ckpts)}); the previous checkpoint {ckpts}/ckpt_0000002.pt is intact"
     )
     assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt_0000002.pt", "latest.pt"]
     assert checkpoint.load(ckpts / "latest.pt")["iteration"] == 2
@@ -289,9 +296,9 @@ def test_disk_full_through_the_cli(tmp_path, monkeypatch, capsys):
     assert exit_.value.code == 1
     ckpts = run_dir / "checkpoints"
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"sngan-train: error: could not write checkpoint {ckpts}/ckpt_0000004.pt: No space left "
-        f"on device; the previous checkpoint {ckpts}/ckpt_0000002.pt is intact; once that is "
-        f"fixed, resume with: sngan-train resume={run_dir}"
+        f"sngan-train: error: could not write checkpoint {ckpts}/ckpt_0000004.pt: no space left "
+        f"on device ({room(ckpts)}); the previous checkpoint {ckpts}/ckpt_0000002.pt is intact; "
+        f"once that is fixed, resume with: sngan-train resume={run_dir}"
     )
 
 
