@@ -1,24 +1,8 @@
-"""sngan: Spectral Normalization GANs (Miyato et al., ICLR 2018) on CIFAR-10."""
+"""sngan: Spectral Normalization GANs (Miyato et al., ICLR 2018) in PyTorch.
 
-from sngan.spectral_norm import (
-    SpectralNorm,
-    apply_spectral_norm,
-    exact_sigmas,
-    no_power_iteration,
-    remove_spectral_norm,
-    sigmas,
-    spectral_norm,
-)
+Nothing is imported here: ``import sngan.config``, which the command line needs to refuse a typo,
+must not pay for torch. The spectral norm is ``sngan.spectral_norm``; docs/architecture.md maps
+the modules.
+"""
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "SpectralNorm",
-    "__version__",
-    "apply_spectral_norm",
-    "exact_sigmas",
-    "no_power_iteration",
-    "remove_spectral_norm",
-    "sigmas",
-    "spectral_norm",
-]

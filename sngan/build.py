@@ -1,9 +1,12 @@
-"""Config -> objects: the device, the data, the networks, optimisers, schedules and fast paths.
+"""Config -> objects, each by one function: the device, the data, the networks, the weights
+files and the evaluator, and (``build_train_state``) the optimisers, schedules, batch stream and
+fast paths.
 
 ``build_train_state`` turns a checked ``TrainConfig`` into a ``TrainState``, everything one
 generator iteration reads and updates; ``sngan.train`` runs the loop over it and
-``scripts/benchmark.py`` times the same thing. Nothing here reads the config once the objects
-exist: the networks and optimisers take explicit arguments.
+``benchmarks/benchmark.py`` times the same thing. Nothing here reads the config once the objects
+exist: the networks and optimisers take explicit arguments. (Plain functions rather than Hydra's
+``instantiate``: docs/architecture.md says why.)
 """
 
 from __future__ import annotations
@@ -13,19 +16,24 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from sngan import distributed
-from sngan.batches import BatchStream
-from sngan.config import ConfigError, TrainConfig
-from sngan.data import load_images
+from sngan.batches import BatchStream, HostBatchStream, choose_residence
+from sngan.config import ConfigError, MetricsConfig, TrainConfig
+from sngan.data import load_images, source_store
 from sngan.guard import UpdateGuard
+from sngan.image_store import Store
 from sngan.losses import get_loss
 from sngan.models import build_models
+
+if TYPE_CHECKING:  # torch-fidelity: imported only where an evaluator is built
+    from sngan.extractor_weights import CheckedWeights, Network
+    from sngan.metrics import Evaluator
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,21 +66,38 @@ def configure_backends(device: torch.device) -> None:
 
 
 def training_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cfg.data``'s images, uint8 (N, 3, H, W), and labels (N,); bad data is a ConfigError."""
+    """``cfg.data``'s images, uint8 (N, 3, H, W), and labels (N,); bad data is a ConfigError.
+
+    Images from an image store are a view of its memory map (``sngan.image_store``)."""
     d = cfg.data
     try:
-        return load_images(
-            d.source,
-            root=d.root,
-            image_size=d.image_size,
-            download=d.download,
-            split=d.split,
-            num_images=d.num_images,
-            seed=cfg.seed,
-            cache_dir=d.cache_dir,
-        )
+        return load_images(d.source, num_images=d.num_images, seed=cfg.seed, **_source(cfg))
     except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
         raise ConfigError(str(e)) from e
+
+
+def training_store(cfg: TrainConfig) -> Store | None:
+    """``cfg.data``'s image store, prepared now if needed (sngan-prepare); None for a source
+    read as it is. Bad data is a ConfigError."""
+    try:
+        return source_store(cfg.data.source, **_source(cfg))
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+
+
+def _source(cfg: TrainConfig) -> dict[str, Any]:
+    """What ``sngan.data`` reads a source with, from the config."""
+    d = cfg.data
+    return {
+        "root": d.root,
+        "image_size": d.image_size,
+        "download": d.download,
+        "split": d.split,
+        "cache_dir": d.cache_dir,
+        "workers": d.workers,
+        "progress": cfg.progress,
+        "classes": d.classes,
+    }
 
 
 def check_fits(
@@ -88,8 +113,15 @@ def check_fits(
             f"from {int(labels.min())} to {int(labels.max())} (a conditional model needs labels "
             f"0..num_classes-1)"
         )
-    ctx.split(o.d_batch_size, "optim.d_batch_size")  # each rank takes an equal share
-    ctx.split(o.g_batch_size, "optim.g_batch_size")
+    for key, batch_size in (
+        ("optim.d_batch_size", o.d_batch_size),
+        ("optim.g_batch_size", o.g_batch_size),
+    ):
+        if batch_size % ctx.world_size:  # each rank takes an equal share
+            raise ConfigError(
+                f"{key}={batch_size} is not valid: with {ctx.world_size} processes it must "
+                f"be a multiple of {ctx.world_size}"
+            )
     if cfg.sync_bn and ctx.enabled and device.type != "cuda":
         raise ConfigError("sync_bn=true is not valid here: SyncBatchNorm needs CUDA devices")
     if o.d_batch_size > num_images:
@@ -109,6 +141,57 @@ def build_networks(cfg: TrainConfig) -> tuple[nn.Module, nn.Module]:
         g_channels=m.g_channels,
         d_channels=m.d_channels,
         num_classes=m.num_classes,
+        d_widths=m.d_widths,
+        conditioning=m.conditioning,
+    )
+
+
+def checked_weights_files(settings: MetricsConfig) -> dict[Network, CheckedWeights]:
+    """The metrics' weights files, found (or fetched now) and checked without running code, by
+    network; a ConfigError naming the file and what is wrong. torch-fidelity is imported here,
+    when metrics are wanted, not before."""
+    from sngan.extractor_weights import INCEPTION, VGG16, WeightsFileError, checked_weights
+
+    networks = [(INCEPTION, settings.inception_weights)]
+    if settings.prc:
+        networks.append((VGG16, settings.prc_weights))
+    try:
+        return {network: checked_weights(path, network) for network, path in networks}
+    except (OSError, RuntimeError, WeightsFileError) as e:  # missing, offline, damaged, foreign
+        raise ConfigError(str(e)) from e
+
+
+def build_evaluator(
+    settings: MetricsConfig,
+    reference: torch.Tensor,
+    name: str,
+    device: torch.device | str | None,
+    weights: dict[Network, CheckedWeights] | None = None,
+    labels: torch.Tensor | None = None,
+) -> Evaluator:
+    """``sngan.metrics.Evaluator`` with the settings of a ``metrics`` config section;
+    ``weights`` as ``checked_weights_files`` returned them (None: checked here); ``labels``
+    the reference's (intra-FID)."""
+    from sngan.metrics import Evaluator
+
+    return Evaluator(
+        reference,
+        reference_name=name,
+        protocol=settings.protocol,
+        num_samples=settings.num_samples,
+        num_real=settings.num_real,
+        labels=labels,
+        intra_fid=settings.intra_fid,
+        intra_fid_classes=settings.intra_fid_classes,
+        intra_fid_samples=settings.intra_fid_samples,
+        batch_size=settings.batch_size,
+        kid=settings.kid,
+        prc=settings.prc,
+        inception_weights=settings.inception_weights,
+        prc_weights=settings.prc_weights,
+        cache_dir=settings.cache_dir,
+        device=device,
+        weights=weights,
     )
 
 
@@ -179,8 +262,16 @@ def build_train_state(
     fast = FastPaths.resolve(cfg, device)
     o = cfg.optim
     memory_format = torch.channels_last if fast.channels_last else torch.preserve_format
-    stream = BatchStream(
-        images, labels, device=device, seed=cfg.seed, channels_last=fast.channels_last
+    residence, why = choose_residence(cfg.data.residence, images.nbytes, device)
+    if why and ctx.is_main:
+        print(why)
+    stream = (HostBatchStream if residence == "host" else BatchStream)(
+        images,
+        labels,
+        device=device,
+        seed=cfg.seed,
+        channels_last=fast.channels_last,
+        dequantize=cfg.data.dequantize,
     )
     torch.manual_seed(cfg.seed)  # the networks' initial weights
     G, D = build_networks(cfg)
@@ -194,7 +285,11 @@ def build_train_state(
     opt_d = torch.optim.Adam(D.parameters(), lr=o.d_lr, betas=o.betas, **fused)
 
     def lr_factor(it: int) -> float:
-        return max(0.0, 1.0 - it / cfg.iterations) if o.lr_decay == "linear" else 1.0
+        # Constant until lr_decay_start, then linearly to 0 at the last iteration (the
+        # official LinearShift from iteration_decay_start).
+        if o.lr_decay != "linear" or it <= o.lr_decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (it - o.lr_decay_start) / (cfg.iterations - o.lr_decay_start))
 
     G_run, G_train = _wrap(G, cfg, fast, ctx, device)
     D_run, D_train = _wrap(D, cfg, fast, ctx, device)

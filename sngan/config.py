@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sngan.data import CIFAR10_SIZE, SOURCES, STL10_SPLITS
-from sngan.losses import LOSSES
-from sngan.models import D_WIDTH_CHOICES, GENERATORS, SUPPORTED_SIZES, default_widths, width_error
 from sngan.protocols import PROTOCOLS
+
+# The registries (models, losses, data sources) are imported by the checks that read them, not
+# here: they import torch, and a typo on the command line is refused by the schema alone, in a
+# fraction of the time torch takes to import.
 
 
 def _config_dir() -> str:
@@ -41,8 +42,12 @@ CONFIG_DIR = _config_dir()
 
 LR_DECAYS = ("linear", "none")
 GENERATORS_SCORED = ("G_ema", "G")
+# G_ema's BatchNorm statistics as sampled and scored: sngan.standing_stats.as_evaluated's modes.
 BN_STATS = ("copy", "recompute")
 NAN_POLICIES = ("stop", "skip")
+# data.residence: on the training device, or gathered batch by batch from a memory map on the
+# host; auto: the device unless the set would take more than a quarter of its memory.
+RESIDENCES = ("auto", "device", "host")
 # torch.compile's modes; reduce-overhead adds CUDA graphs.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -58,7 +63,8 @@ class ModelConfig:
     g_channels: int | None = None  # G width (ngf); null: the published width for data.image_size
     d_channels: int | None = None  # D width (ndf); null: the published width for data.image_size
     d_widths: str = "paper"  # dcgan's D: paper (Table 3 as printed) or chainer (official code)
-    num_classes: int = 0  # > 0: conditional BN in G and a projection D
+    num_classes: int = 0  # > 0: class-conditional BN in G and a conditional D
+    conditioning: str = "projection"  # a conditional D: projection, or concat (resnet at 128)
 
 
 @dataclass
@@ -68,12 +74,16 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "cifar10"  # cifar10, stl10, folder (ImageFolder layout) or synthetic
-    root: str | None = "data"  # cifar10/stl10: holds their files; folder: the image folder
+    source: str = "cifar10"  # cifar10, stl10, folder (ImageFolder layout), imagenet, synthetic
+    root: str | None = "data"  # cifar10/stl10: holds their files; imagenet: holds train/; folder
     download: bool = True  # cifar10/stl10: download into root when the files are missing
     image_size: int = 32  # the resolution of data and networks (stl10, folder: resized to it)
     split: str = "unlabeled"  # stl10: unlabeled (100k images) or train+unlabeled (105k)
-    cache_dir: str | None = None  # folder/stl10: decoded images; null: ~/.cache/sngan/images
+    cache_dir: str | None = None  # folder/stl10: the image store; null: ~/.cache/sngan/images
+    workers: int | None = None  # processes preparing the image store; null: every CPU
+    residence: str = "auto"  # where the set is held: device, host (memory map), auto
+    classes: int | None = None  # imagenet: class folders train/ must have; null: 1000
+    dequantize: bool = False  # real images as x/128 - 1 + U(0, 1/128), as the official ImageNet
     num_images: int = 1024  # synthetic: how many images
 
 
@@ -86,6 +96,7 @@ class OptimConfig:
     d_batch_size: int = 64  # real images per D step (and as many generated ones)
     g_batch_size: int = 128  # generated images per G step
     lr_decay: str = "linear"  # linear (to 0 at the last iteration) or none
+    lr_decay_start: int = 0  # linear decay: the iteration it starts from (constant lr before)
     ema_decay: float = 0.9999  # decay of G_ema, the weight average that is evaluated
     ema_start: int = 1000  # iterations before G_ema starts averaging (copies G until then)
     ema_bn_stats: str = "recompute"  # G_ema's BatchNorm stats when sampled/evaluated, or copy
@@ -103,12 +114,16 @@ class MetricsConfig:
     best: str = "G_ema"  # whose FID best.pt follows
     protocol: str = "standard"  # standard (50k vs train set) or paper (5k vs 10k, appendix B.1)
     num_samples: int | None = None  # generated images; null: the protocol's number
+    num_real: int | None = None  # reference images (a fixed random subset); null: the protocol's
     batch_size: int = 250  # generation and Inception batch size
     kid: bool = False  # also compute KID
     prc: bool = False  # also compute precision and recall (VGG16 features)
     inception_weights: str | None = None  # local torch-fidelity Inception file (offline use)
     prc_weights: str | None = None  # local torchvision VGG16 file for prc (offline use)
     cache_dir: str | None = None  # where reference features are cached (null: torch-fidelity's)
+    intra_fid: bool = False  # conditional G: also the mean over classes of each class's FID
+    intra_fid_classes: list[int] | None = None  # the classes intra-FID scores; null: all
+    intra_fid_samples: int = 5000  # generated images per class for intra-FID (the paper's 5,000)
 
 
 @dataclass
@@ -145,8 +160,9 @@ class SampleConfig:
 
     checkpoint: str = "???"  # a checkpoint file (ckpt_*.pt, latest.pt, best.pt)
     n: int = 64  # images; grid=per_class: per class (row); interpolate: rows
-    out: str = "samples.png"  # a .png file for one grid, otherwise a directory of PNG files
+    out: str = "samples.png"  # one grid image (.png, .jpg, .webp, ...), or <dir>/: a PNG per image
     ema: bool = True  # sample G_ema (false: the raw G)
+    ema_bn_stats: str | None = None  # G_ema's BatchNorm stats: copy or recompute; null: the run's
     seed: int = 0  # seeds z and labels: the same seed, the same images
     device: str = "auto"  # auto (cuda if available), cpu, cuda or cuda:N
     batch_size: int = 500  # images per forward of G
@@ -184,6 +200,10 @@ def _choice(key: str, value: str, options: Sequence[str]) -> None:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject values that cannot work, naming the key; return ``cfg`` unchanged."""
+    from sngan.data import SOURCES
+    from sngan.losses import LOSSES
+    from sngan.models import GENERATORS
+
     m, o, d, e = cfg.model, cfg.optim, cfg.data, cfg.metrics
     # The registries are the lists of valid names.
     _choice("model.name", m.name, tuple(GENERATORS))
@@ -199,6 +219,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         f"choose one of the generators scored, metrics.generators={override_value(e.generators)}",
     )
     _choice("metrics.protocol", e.protocol, PROTOCOLS)
+    _choice("data.residence", d.residence, RESIDENCES)
+    _check(
+        d.workers is None or d.workers >= 1,
+        "data.workers",
+        d.workers,
+        "must be an integer >= 1, or null for every CPU",
+    )
     _choice("nan_policy", cfg.nan_policy, NAN_POLICIES)
     _choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
     for key, value in (
@@ -244,6 +271,25 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", o.ema_decay, "must be in [0, 1)")
     _check(o.ema_start >= 0, "optim.ema_start", o.ema_start, "must be >= 0")
     _check(
+        0 <= o.lr_decay_start < cfg.iterations,
+        "optim.lr_decay_start",
+        o.lr_decay_start,
+        f"must be in 0..{cfg.iterations - 1} (iterations={cfg.iterations})",
+    )
+    _check(
+        d.classes is None or d.classes >= 1,
+        "data.classes",
+        d.classes,
+        "must be an integer >= 1, or null for ImageNet's 1000",
+    )
+    _check(
+        e.num_real is None or e.num_real >= 2,
+        "metrics.num_real",
+        e.num_real,
+        "must be >= 2 (FID needs two images at least) or null",
+    )
+    check_intra_fid("metrics", e, m.num_classes)
+    _check(
         d.source != "folder" or d.root is not None,
         "data.root",
         d.root,
@@ -251,6 +297,31 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     )
     check_device_name(cfg.device)
     return cfg
+
+
+def check_intra_fid(section: str, e: MetricsConfig, num_classes: int) -> None:
+    """Intra-FID needs a conditional G, classes it has, and at least two samples per class."""
+    if not e.intra_fid:
+        return
+    _check(
+        num_classes > 0,
+        f"{section}.intra_fid",
+        True,
+        "intra-FID scores a class-conditional G (model.num_classes > 0)",
+    )
+    classes = e.intra_fid_classes
+    _check(
+        classes is None or (bool(classes) and all(0 <= c < num_classes for c in classes)),
+        f"{section}.intra_fid_classes",
+        classes,
+        f"a non-empty list of classes in 0..{num_classes - 1}, or null for all",
+    )
+    _check(
+        e.intra_fid_samples >= 2,
+        f"{section}.intra_fid_samples",
+        e.intra_fid_samples,
+        "must be >= 2",
+    )
 
 
 def check_generators(key: str, names: list[str]) -> None:
@@ -265,6 +336,9 @@ def check_generators(key: str, names: list[str]) -> None:
 
 def check_architecture(cfg: TrainConfig) -> None:
     """The networks can be built for the data: sizes, widths and labels agree."""
+    from sngan.data import CIFAR10_SIZE, STL10_SPLITS
+    from sngan.models import D_WIDTH_CHOICES, SUPPORTED_SIZES, conditioning_error, width_error
+
     m, d = cfg.model, cfg.data
     # Resolution comes from one place, data.image_size; each network supports some sizes.
     sizes = SUPPORTED_SIZES[m.name]
@@ -287,6 +361,8 @@ def check_architecture(cfg: TrainConfig) -> None:
         m.d_widths,
         f"choose {' or '.join(D_WIDTH_CHOICES[m.name])} for model.name={m.name}",
     )
+    error = conditioning_error(m.name, d.image_size, m.conditioning, m.num_classes)
+    _check(error is None, "model.conditioning", m.conditioning, str(error))
     for key, net, width in (
         ("model.g_channels", "G", m.g_channels),
         ("model.d_channels", "D", m.d_channels),
@@ -314,6 +390,8 @@ def check_architecture(cfg: TrainConfig) -> None:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill what the config leaves to be derived: null widths become the published ones for
     the image size (so a checkpoint records the networks' real widths); returns ``cfg``."""
+    from sngan.models import SUPPORTED_SIZES, default_widths
+
     m = cfg.model
     if m.name in SUPPORTED_SIZES and cfg.data.image_size in SUPPORTED_SIZES[m.name]:
         g, d = default_widths(m.name, cfg.data.image_size)
@@ -470,8 +548,10 @@ def from_hydra(dcfg: Any) -> TrainConfig:
     """The checked TrainConfig of a composed Hydra config (its ``hydra`` node, if any, ignored)."""
     from omegaconf import OmegaConf
 
-    values = OmegaConf.to_container(dcfg, resolve=True)
-    values.pop("hydra", None)
+    # Hydra's own node is left out before resolving: some of its values (a sweep's) are set
+    # only once a job runs.
+    task = OmegaConf.masked_copy(dcfg, [k for k in dcfg if k != "hydra"])
+    values = OmegaConf.to_container(task, resolve=True)
     # Hydra adds "+key=value" keys to the config without checking them against the schema.
     known = set(config_keys())
     for key, value in values.items():

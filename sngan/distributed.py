@@ -31,20 +31,18 @@ class Context:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @classmethod
+    def from_env(cls) -> Context:
+        """The ranks torchrun announces (WORLD_SIZE, RANK, LOCAL_RANK), before any process
+        group is joined: for checks at a job's start."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
     def shard(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's consecutive slice of a global batch (every rank draws the same batch)."""
         return t.chunk(self.world_size)[self.rank] if self.enabled else t
-
-    def split(self, batch_size: int, key: str) -> int:
-        """The per-rank share of a global batch; it must divide evenly."""
-        if batch_size % self.world_size:
-            from sngan.config import ConfigError
-
-            raise ConfigError(
-                f"{key}={batch_size} is not valid: with {self.world_size} processes it must "
-                f"be a multiple of {self.world_size}"
-            )
-        return batch_size // self.world_size
 
 
 def launched_as_rank_zero() -> bool:
@@ -54,16 +52,15 @@ def launched_as_rank_zero() -> bool:
 
 def setup(device: torch.device) -> tuple[Context, torch.device]:
     """Join torchrun's process group if there is one; return the context and this rank's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Context(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    ctx = Context.from_env()
+    if not ctx.enabled:
+        return ctx, device
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(rank, world_size, local_rank), device
+    return ctx, device
 
 
 def main_run_dir(ctx: Context, run_dir: Path) -> Path:

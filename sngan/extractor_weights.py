@@ -13,6 +13,8 @@ the first FID is computed, hours into a run, with a traceback, or, if crafted, r
   it holds every tensor (name, shape, dtype) of the network. The expected tensors are read off
   the network's own class, built once on the meta device.
 - ``safe_weights_file(path, network)``: the file to pass to torch-fidelity.
+- ``checked_weights(path, network)``: all three, once per process at the edge (``sngan.job``);
+  the result travels to the ``Evaluator``, which then checks nothing again.
 
 Which file reaches torch-fidelity. Two ways were possible: pass the original once it has passed
 ``check_weights``, or pass a copy that sngan re-saved from the checked tensors. This module does
@@ -44,7 +46,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,12 @@ from torch_fidelity.feature_extractor_inceptionv3 import (
     FeatureExtractorInceptionV3,
 )
 
+from sngan import atomic
+
 __all__ = [
     "INCEPTION",
+    "CheckedWeights",
+    "checked_weights",
     "INCEPTION_FILE",
     "INCEPTION_URL",
     "VGG16",
@@ -322,10 +327,6 @@ def safe_weights_file(
     if not path.is_file():
         raise WeightsFileError(f"{network.label} weights file {path} does not exist")
     folder = Path(cache_dir) if cache_dir is not None else _hub_checkpoints() / CHECKED_DIR
-    key = (network.name, str(folder.resolve()), _stamp(path))
-    known = _copies.get(key)
-    if known is not None and known[0].is_file() and _stamp(known[0]) == known[1]:
-        return known[0]  # made or checked by this process from this very file, both unchanged
     target = folder / f"{network.label.lower()}-{file_digest(path)}.pth"
     reused = False
     if target.is_file():
@@ -336,35 +337,32 @@ def safe_weights_file(
             reused = True
     if not reused:
         _write_checked_copy(check_weights(path, network), path, target, network)
-    _copies[key] = (target, _stamp(target))
     return target
 
 
-# What this process has made or checked: (network, copies' folder, the original's stamp) -> (the
-# copy, its stamp). The original and the copy each unchanged on disk (path, size, mtime), the
-# copy is returned without hashing or loading either again (the CLI checks before Hydra starts,
-# train() and the Evaluator after it); a change to either goes through the checks again.
-_copies: dict[tuple[str, str, tuple[str, int, int]], tuple[Path, tuple[str, int, int]]] = {}
+@dataclass(frozen=True)
+class CheckedWeights:
+    """A network's weights as the metrics load them: checked once, then passed along."""
+
+    network: Network
+    copy: Path  # the re-saved copy torch-fidelity loads (safe_weights_file)
+    digest: str  # the first hex digits of the original's SHA-256: names cached features
 
 
-def _stamp(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+def checked_weights(path: str | os.PathLike | None, network: Network = INCEPTION) -> CheckedWeights:
+    """Find (``find_weights``), check and copy (``safe_weights_file``) one network's weights."""
+    original = find_weights(path, network)
+    return CheckedWeights(
+        network, safe_weights_file(original, network=network), file_digest(original)[:8]
+    )
 
 
 def _write_checked_copy(
     tensors: dict[str, torch.Tensor], source: Path, target: Path, network: Network
 ) -> None:
     """Save ``tensors`` to ``target`` atomically, after checking they load back unchanged."""
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(name)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(tensors), f)
-            f.flush()
-            os.fsync(f.fileno())
+
+    def loads_back_equal(tmp: Path) -> None:
         copy = check_weights(tmp, network)
         changed = [k for k, v in tensors.items() if not torch.equal(copy[k], v)]
         if changed:
@@ -372,15 +370,16 @@ def _write_checked_copy(
                 f"the copy of {network.label} weights file {source} written to {tmp} does not "
                 f"load back equal ({_names(changed)} differ)"
             )
-        os.chmod(tmp, 0o644)  # mkstemp's 0o600 would hide it from others sharing the hub dir
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as err:
+
+    try:
+        atomic.write_atomic(
+            target,
+            lambda f: torch.save(dict(tensors), f),
+            needed=atomic.payload_bytes(tensors),
+            verify=loads_back_equal,
+        )
+    except atomic.WriteError as err:
         raise WeightsFileError(
             f"cannot write the checked copy of {network.label} weights file {source} to "
-            f"{target.parent}: {err.strerror or err}"
+            f"{target.parent}: {err.reason}"
         ) from err
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()

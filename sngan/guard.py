@@ -80,8 +80,6 @@ class UpdateGuard:
         policy: str,
         verbose: bool = True,
     ) -> None:
-        if policy not in ("stop", "skip"):
-            raise ValueError(f"unknown nan_policy {policy!r}; choose stop or skip")
         self.D = D
         self.optimizers = optimizers
         self.on_device = on_device

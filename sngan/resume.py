@@ -3,6 +3,7 @@
 ``snapshot`` and ``restore`` are the two halves of a training checkpoint: every piece of state,
 so that a resumed run equals an uninterrupted one bit for bit (networks, optimisers, schedules,
 the data order, the z stream, the global RNG, the best FID so far, the skipped-update count).
+``load_generators`` rebuilds a checkpoint's generators for sampling and evaluation.
 ``resumed_config`` is the command line's side: ``sngan-train resume=<run>`` continues with the
 run's own saved config, and only the keys in ``RESUMABLE_OVERRIDES`` (and ``metrics.*``) may
 differ. ``checkpoint_to_resume`` is the loop's side: the checkpoint and the config it is asked
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from sngan import __version__, checkpoint
 from sngan.config import (
@@ -203,6 +205,62 @@ def resumed_config(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
             merged[key] = current[key]
     merged["resume"] = cfg.resume
     return from_flat(merged)
+
+
+def load_generators(
+    path: str | Path,
+    names: list[str],
+    device: torch.device,
+    ema_bn_stats: str | None = None,
+) -> tuple[dict[str, nn.Module], dict[str, Any], TrainConfig]:
+    """G_ema and/or G (``names``) of a checkpoint as evaluation scores them (``generators``),
+    the checkpoint, and the config saved in it."""
+    state = checkpoint.load(path, map_location="cpu")
+    cfg = saved_config(Path(path), state)
+    return generators(state, cfg, names, device, ema_bn_stats, path), state, cfg
+
+
+def generators(
+    state: dict[str, Any],
+    cfg: TrainConfig,
+    names: list[str],
+    device: torch.device,
+    ema_bn_stats: str | None = None,
+    path: str | Path = "the checkpoint",
+) -> dict[str, nn.Module]:
+    """G_ema and/or G (``names``) of a loaded checkpoint, rebuilt from its config ``cfg``, in
+    eval mode on ``device``. G_ema goes through ``standing_stats.as_evaluated`` with
+    ``ema_bn_stats`` (None: the run's own ``optim.ema_bn_stats``), as in training's grids and
+    evaluations, so every command draws the network that evaluation scores."""
+    from sngan.build import build_networks
+    from sngan.standing_stats import as_evaluated
+
+    nets = {}
+    for key in names:
+        G, _ = build_networks(cfg)
+        try:
+            G.load_state_dict(state[key])
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())
+            raise checkpoint.CheckpointError(
+                f"{path}: its {key} weights do not fit the {cfg.model.name} generator of its own "
+                f"config (saved by sngan {state.get('sngan_version')}): {detail[:400]}"
+            ) from e
+        nets[key] = G.to(device).eval()
+    if "G_ema" in nets:
+        o = cfg.optim
+        mode = ema_bn_stats or o.ema_bn_stats
+        nets["G_ema"] = as_evaluated(nets["G_ema"], mode, o.g_batch_size, cfg.seed).eval()
+    return nets
+
+
+def load_generator(
+    path: str | Path, ema: bool, device: torch.device, ema_bn_stats: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """G_ema (or G) of a checkpoint as ``load_generators`` gives it, and the checkpoint."""
+    key = "G_ema" if ema else "G"
+    nets, state, _ = load_generators(path, [key], device, ema_bn_stats)
+    return nets[key], state
 
 
 def resume_hint(run_dir: Path, extra: str = "") -> str:

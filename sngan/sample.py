@@ -1,66 +1,33 @@
 """What sngan-sample does, callable without the CLI: a checkpoint's generator at work.
 
-``load_generator`` rebuilds G (or G_ema) from a checkpoint alone, through the config saved in it
-(sngan-eval's ``sngan.evaluation.evaluate_checkpoint`` uses it too); ``sample`` writes a grid or a
-folder of PNG files.
+``sample`` draws the checkpoint's G_ema (or G) as evaluation scores it
+(``sngan.resume.load_generator``: the run's ``optim.ema_bn_stats`` unless ``ema_bn_stats=``
+says otherwise) and writes one grid image or a folder of PNG files.
 
-Layouts are row-major lists of latents that ``render`` turns into images: ``grid_latents`` for
-the training grids (a conditional model: one row per class, the same 8 z in every row),
-``per_class`` (every z under every label) and ``interpolation`` (rows of ``slerp`` between two z).
+Layouts are row-major lists of latents that ``render`` turns into images: ``per_class`` (every z
+under every label, from ``sngan.models.latent``, as the training grids) and ``interpolation``
+(rows of ``slerp`` between two z).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 
-from sngan import checkpoint
-from sngan.build import build_networks, resolve_device
-from sngan.config import ConfigError, SampleConfig
-from sngan.models.latent import sample_z
-from sngan.resume import saved_config
+from sngan import atomic
+from sngan.build import resolve_device
+from sngan.config import BN_STATS, ConfigError, SampleConfig
+from sngan.models.latent import per_class, sample_z
+from sngan.resume import load_generator
 
 GRIDS = ("square", "per_class")
-GRID_COLUMNS = 8  # the training grids: 8 z per row
-# A conditional training grid holds at most this many classes (rows): 10 for CIFAR-10, but the
-# first 16 of CIFAR-100's 100, whose full grid would be too tall to read in TensorBoard.
-GRID_MAX_ROWS = 16
-
-
-def load_generators(
-    path: str | Path, names: list[str], device: torch.device
-) -> tuple[dict[str, nn.Module], dict[str, Any]]:
-    """G_ema and/or G (``names``) of a checkpoint, in eval mode on ``device``, and the
-    checkpoint itself; the networks are rebuilt from the config saved in it."""
-    state = checkpoint.load(path, map_location="cpu")
-    cfg = saved_config(Path(path), state)
-    nets = {}
-    for key in names:
-        G, _ = build_networks(cfg)
-        try:
-            G.load_state_dict(state[key])
-        except RuntimeError as e:
-            detail = " ".join(str(e).split())
-            raise checkpoint.CheckpointError(
-                f"{path}: its {key} weights do not fit the {cfg.model.name} generator of its own "
-                f"config (saved by sngan {state.get('sngan_version')}): {detail[:400]}"
-            ) from e
-        nets[key] = G.to(device).eval()
-    return nets, state
-
-
-def load_generator(
-    path: str | Path, ema: bool, device: torch.device
-) -> tuple[nn.Module, dict[str, Any]]:
-    """G_ema (or G) of a checkpoint, in eval mode on ``device``, and the checkpoint itself."""
-    key = "G_ema" if ema else "G"
-    nets, state = load_generators(path, [key], device)
-    return nets[key], state
+# What an error suggests for a grid file (any extension Pillow writes is taken).
+COMMON_EXTENSIONS = (".png", ".jpg", ".webp")
 
 
 # -- latents --------------------------------------------------------------------------------------
@@ -89,30 +56,6 @@ def slerp(
     safe = torch.where(degenerate, torch.ones_like(sin), sin)
     spherical = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
     return torch.where(degenerate, (1 - t) * a + t * b, spherical)
-
-
-def per_class(z: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every z under every label, row-major: row c is G's class c, column j is ``z[j]``.
-
-    (k, z_dim) z -> (num_classes * k, z_dim) z and (num_classes * k,) labels.
-    """
-    labels = torch.arange(num_classes, device=z.device).repeat_interleave(len(z))
-    return z.repeat(num_classes, 1), labels
-
-
-def grid_latents(
-    z_dim: int, num_classes: int, gen: torch.Generator, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The z (and labels) of the training sample grids, row-major for an 8-wide grid.
-
-    Unconditional: 64 z from ``gen`` (an 8x8 grid). Conditional: 8 z from ``gen``, one row per
-    class (the first ``GRID_MAX_ROWS`` classes), the same 8 z in every row: rows differ only in
-    the label, columns only in z.
-    """
-    if not num_classes:
-        return sample_z(GRID_COLUMNS**2, z_dim, 0, gen, device)
-    z = torch.randn(GRID_COLUMNS, z_dim, generator=gen, device=device)
-    return per_class(z, min(num_classes, GRID_MAX_ROWS))
 
 
 def interpolation(
@@ -187,27 +130,52 @@ def generate(
     return torch.cat(chunks)
 
 
-def is_grid_file(out: str | Path) -> bool:
-    """Whether ``out`` names one grid image (a .png file) rather than a folder of files."""
-    return Path(out).suffix.lower() == ".png"
+def grid_format(out: str | Path) -> str | None:
+    """The Pillow format of the one grid image ``out`` names (by its extension), or None when
+    ``out`` is a folder (it ends with a slash, or has no extension).
+
+    Raises ConfigError for an extension Pillow cannot write, so that a name like ``grid.jpg``
+    never becomes a folder and a typo fails before any image is drawn.
+    """
+    text = str(out)
+    suffix = Path(text).suffix.lower()
+    if text.endswith(("/", os.sep)) or not suffix:
+        return None
+    Image.init()  # every plugin registered, not only the common ones
+    writable = {ext: fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if suffix not in writable:
+        common = [ext for ext in COMMON_EXTENSIONS if ext in writable]
+        raise ConfigError(
+            f"out={text} is not valid: Pillow cannot write {suffix} images; end it with "
+            f"{', '.join(common)} for one grid image, or with / for a folder of one PNG per image"
+        )
+    return writable[suffix]
 
 
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """A (3, H, W) uint8 tensor as an RGB PNG file."""
-    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
+def save_image(image: torch.Tensor, path: Path, image_format: str, durable: bool = True) -> None:
+    """A (3, H, W) uint8 tensor as an RGB image file in ``image_format``, written atomically."""
+    pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    # Grids are looked at: JPEG's and WebP's default quality 75 smears 32-pixel samples.
+    options = {"quality": 95} if image_format in ("JPEG", "WEBP") else {}
+    atomic.write_atomic(path, lambda f: pil.save(f, format=image_format, **options), fsync=durable)
 
 
 def write_images(images: torch.Tensor, out: Path, nrow: int | None = None) -> None:
-    """A grid ``nrow`` wide (default: square-ish) if ``out`` is a .png file, else one PNG per
-    image in the folder ``out``."""
-    if is_grid_file(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
+    """A grid ``nrow`` wide (default: square-ish) if ``out`` names an image file, else one PNG
+    per image in the folder ``out``."""
+    image_format = grid_format(out)
+    if image_format is not None:
+        import torchvision  # for its grid layout; imported where a grid is made
+
         nrow = nrow or max(1, int(len(images) ** 0.5))
-        save_png(torchvision.utils.make_grid(images, nrow=nrow), out)  # 2-pixel padding
+        grid = torchvision.utils.make_grid(images, nrow=nrow)  # 2-pixel padding
+        save_image(grid, out, image_format)
         return
     out.mkdir(parents=True, exist_ok=True)
+    # Each file whole or absent; 50,000 of them are not fsynced one by one (minutes on a
+    # network disk): a crash of the machine may lose the last ones, never leave half a file.
     for i, img in enumerate(images):
-        save_png(img, out / f"{i:06d}.png")
+        save_image(img, out / f"{i:06d}.png", "PNG", durable=False)
 
 
 # -- sngan-sample ---------------------------------------------------------------------------------
@@ -230,7 +198,8 @@ def check_sample_args(args: SampleConfig) -> None:
             args.interpolate,
             "must be 0 (off) or >= 2 images per row (endpoints included)",
         )
-    if args.interpolate and not is_grid_file(args.out):
+    grid_file = grid_format(args.out) is not None
+    if args.interpolate and not grid_file:
         raise ConfigError(
             f"interpolate={args.interpolate} draws rows of a grid: give out=<file>.png, not the "
             f"folder out={args.out}"
@@ -240,7 +209,7 @@ def check_sample_args(args: SampleConfig) -> None:
             f"interpolate={args.interpolate} and grid={args.grid} cannot be combined: "
             "interpolate lays out its own rows (one class each: random, or class=<k>)"
         )
-    if args.grid == "per_class" and not is_grid_file(args.out):
+    if args.grid == "per_class" and not grid_file:
         raise ConfigError(
             f"grid=per_class draws a grid: give out=<file>.png, not the folder out={args.out} "
             "(class=<k> writes one class's images)"
@@ -250,6 +219,8 @@ def check_sample_args(args: SampleConfig) -> None:
             f"class={args.class_} and grid=per_class cannot be combined: per_class draws every "
             "class, class=<k> one"
         )
+    if args.ema_bn_stats is not None and args.ema_bn_stats not in BN_STATS:
+        raise _invalid("ema_bn_stats", args.ema_bn_stats, f"choose one of {', '.join(BN_STATS)}")
 
 
 def check_labels(args: SampleConfig, num_classes: int) -> None:
@@ -272,7 +243,8 @@ def sample(args: SampleConfig) -> tuple[int, int]:
     many images were written."""
     check_sample_args(args)
     device = resolve_device(args.device)
-    G, state = load_generator(args.checkpoint, args.ema, device)
+    # G_ema as evaluation scores it (the run's ema_bn_stats unless overridden).
+    G, state = load_generator(args.checkpoint, args.ema, device, args.ema_bn_stats)
     check_labels(args, G.num_classes)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     nrow = None

@@ -41,16 +41,44 @@ cumulative update must continue from.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sngan.metrics import full_precision  # the statistics as the metrics see them: plain fp32
+from sngan.config import BN_STATS
+from sngan.distributed import without_sync_batchnorm
+from sngan.fp32 import full_precision  # the statistics as the metrics see them: plain fp32
 from sngan.models.layers import check_positive
 
-__all__ = ["recompute_batchnorm_statistics"]
+__all__ = ["STANDING_BATCHES", "as_evaluated", "recompute_batchnorm_statistics"]
+
+# Standing statistics: this many batches of the G step's size (4,096 images in the official
+# config), from a fixed seed (the same z every time, on every rank), as BigGAN's
+# accumulate_standing_stats. Why recompute is the default: docs/benchmarks.md (the measurement).
+STANDING_BATCHES = 32
+
+
+def as_evaluated(G_ema: nn.Module, mode: str, batch_size: int, seed: int) -> nn.Module:
+    """G_ema as it is drawn and scored everywhere: training's grids and evaluations,
+    sngan-eval and sngan-sample all get it from here.
+
+    ``mode``: ``copy`` returns G_ema itself (BatchNorm statistics copied from G, as
+    ``sngan.train.update_ema`` keeps them); ``recompute`` a copy whose statistics are recomputed
+    from its own samples (``STANDING_BATCHES`` batches of ``batch_size``, the run's G batch,
+    from ``seed``, the run's seed). Training, and what checkpoints hold, never see the copy.
+    """
+    if mode not in BN_STATS:
+        raise ValueError(f"ema_bn_stats must be one of {', '.join(BN_STATS)}, got {mode!r}")
+    if mode == "copy":
+        return G_ema
+    net = without_sync_batchnorm(copy.deepcopy(G_ema))  # one rank alone runs this copy
+    recompute_batchnorm_statistics(
+        net, num_batches=STANDING_BATCHES, batch_size=batch_size, seed=seed
+    )
+    return net
 
 
 def recompute_batchnorm_statistics(

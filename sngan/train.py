@@ -6,8 +6,10 @@ schedules; maintenance (logs, samples, evaluation, checkpoints) is gated on the 
 count. (The official Chainer updater runs its G step first inside each iteration; over a
 run the two orders differ only in the first and the last update.)
 
-Where the pieces live: the config becomes objects in ``sngan.build``, updates are checked by
-``sngan.guard``, checkpoints hold what ``sngan.resume`` says, logs go through ``sngan.runlog``.
+Where the pieces live: the outside world is checked once by ``sngan.job``, the config becomes
+objects in ``sngan.build``, updates are checked by ``sngan.guard``, checkpoints hold what
+``sngan.resume`` says, logs go through ``sngan.runlog``, G_ema is drawn and scored as
+``sngan.standing_stats.as_evaluated`` gives it.
 """
 
 from __future__ import annotations
@@ -22,22 +24,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sngan import checkpoint, distributed, evaluation, resume, runlock
-from sngan.build import (
-    TrainState,
-    build_train_state,
-    check_fits,
-    configure_backends,
-    resolve_device,
-    training_images,
-)
+from sngan import build, checkpoint, distributed, evaluation, resume
+from sngan.build import TrainState, build_train_state, configure_backends
 from sngan.config import TrainConfig
 from sngan.guard import NonFiniteError, grad_norm
 from sngan.interrupt import Interrupted, StopRequest
-from sngan.models.latent import sample_z
+from sngan.job import Job, prepare_job
+from sngan.models.latent import grid_latents, sample_z
 from sngan.runlog import RunLog
-from sngan.sample import grid_latents
 from sngan.spectral_norm import exact_sigmas, no_power_iteration, sigmas
+from sngan.standing_stats import as_evaluated
 
 
 def d_step(
@@ -147,7 +143,7 @@ def generator_iteration(s: TrainState, it: int, eager: bool = False) -> dict[str
     # global batch and keeps its own slice (so the run does not depend on the number of ranks'
     # random streams, and rank 0's checkpoint resumes them all).
     for j in range(o.n_dis):
-        real, real_y = map(ctx.shard, s.stream.next(o.d_batch_size))
+        real, real_y = s.stream.next(o.d_batch_size, (ctx.rank, ctx.world_size))
         z, fake_y = sample_z(o.d_batch_size, m.z_dim, m.num_classes, s.z_gen, s.device)
         z, fake_y = ctx.shard(z), fake_y if fake_y is None else ctx.shard(fake_y)
         s.guard.before_forward()
@@ -220,53 +216,49 @@ def saving_last_good(s: TrainState, run_dir: Path) -> Iterator[None]:
         ) from None
 
 
-def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
+def train(cfg: TrainConfig, run_dir: str | Path, job: Job | None = None) -> dict[str, float]:
     """Train as ``cfg`` says, writing everything under ``run_dir``; return the last logs.
 
-    ``cfg`` is checked already (``sngan.config.compose`` or ``validate``).
+    ``cfg`` is checked already (``sngan.config.compose`` or ``validate``). ``job``: what
+    ``sngan.job.prepare_job(cfg, run_dir)`` checked (the CLI's, before Hydra made the run
+    directory); None: prepared here. Nothing it checked is checked again.
     """
+    job = job or prepare_job(cfg, run_dir)
+    cfg = job.cfg
     # Under torchrun every rank runs this function on its share of each batch; rank 0 alone
-    # writes, and first takes the run directory's lock (a second writer fails here).
-    ctx, device = distributed.setup(resolve_device(cfg.device))
-    run_dir = distributed.main_run_dir(ctx, Path(run_dir))
-    if ctx.is_main:
-        runlock.hold(run_dir)
+    # writes, under the run directory's lock (taken by prepare_job).
+    ctx, device = distributed.setup(job.device)
+    run_dir = distributed.main_run_dir(ctx, job.run_dir)
     torch.manual_seed(cfg.seed)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     configure_backends(device)
-
-    # Checks that need files, before any time is spent on data or networks.
-    saved, saved_path = resume.checkpoint_to_resume(cfg, run_dir, device)
-    if saved is not None and saved["iteration"] == cfg.iterations:
-        print(f"sngan: {saved_path} is at iteration {cfg.iterations} already; nothing to train")
+    if job.finished:
+        print(f"sngan: {job.saved_path} is at iteration {cfg.iterations} already; nothing to train")
         return {}
     e, o = cfg.metrics, cfg.optim
-    if e.enabled:
-        evaluation.check_weights_files(e)
 
-    # Data: the whole training set as one uint8 tensor (BatchStream moves it to the device).
-    images, labels = training_images(cfg)
-    check_fits(cfg, ctx, device, labels)
     # Evaluation against the training images (Inception is loaded at the first evaluation, once).
     evaluator = None
     if e.enabled and ctx.is_main:
-        evaluator = evaluation.build_evaluator(e, images, evaluation.reference_name(cfg), device)
+        evaluator = build.build_evaluator(
+            e, job.images, evaluation.reference_name(cfg), device, job.weights, job.labels
+        )
 
     # Networks, optimisers, schedules, the batch stream, the fast paths; the fixed z of grids.
-    s = build_train_state(cfg, images, labels, device, ctx)
+    s = build_train_state(cfg, job.images, job.labels, device, ctx)
     m = cfg.model
-    # 8x8; conditional: a row per class, the same 8 z in every row (sngan.sample.grid_latents).
+    # 8x8; conditional: a row per class, the same 8 z in every row (models.latent.grid_latents).
     fixed_z, fixed_y = grid_latents(
         m.z_dim, m.num_classes, torch.Generator(device=device).manual_seed(cfg.seed + 2), device
     )
 
     # Resume: every piece of state, so that the continued run equals an uninterrupted one.
     start = 0
-    if saved is not None:
-        start = resume.restore(s, saved, saved_path)
+    if job.saved is not None:
+        start = resume.restore(s, job.saved, job.saved_path)
         checkpoint.remove_temporary_files(run_dir)
-        print(f"resuming {run_dir} from {saved_path} at iteration {start}")
+        print(f"resuming {run_dir} from {job.saved_path} at iteration {start}")
 
     # Only rank 0 writes logs, samples, metrics and checkpoints.
     log = RunLog(run_dir, start, enabled=ctx.is_main)
@@ -315,7 +307,7 @@ def train(cfg: TrainConfig, run_dir: str | Path) -> dict[str, float]:
                 e.eval_every and done % e.eval_every == 0 or done == cfg.iterations
             )
             if sample_now or eval_now:  # G_ema with G's or with its own BatchNorm statistics
-                G_ema = evaluation.with_bn_stats(s.G_ema, o.ema_bn_stats, o.g_batch_size, cfg.seed)
+                G_ema = as_evaluated(s.G_ema, o.ema_bn_stats, o.g_batch_size, cfg.seed)
                 nets = {"G_ema": G_ema, "G": s.G}
             if sample_now:
                 log.sample_grids(nets, fixed_z, fixed_y, done)

@@ -36,8 +36,8 @@ TOP_KEYS = (
     "checkpoint_every, keep_checkpoints, nan_policy, progress, resume"
 )
 OPTIM_KEYS = (
-    "n_dis, g_lr, d_lr, betas, d_batch_size, g_batch_size, lr_decay, ema_decay, ema_start, "
-    "ema_bn_stats"
+    "n_dis, g_lr, d_lr, betas, d_batch_size, g_batch_size, lr_decay, lr_decay_start, ema_decay, "
+    "ema_start, ema_bn_stats"
 )
 
 # Overrides that Hydra itself rejects or lets through unchecked, and sngan's one-line message.

@@ -23,7 +23,7 @@ from tensorboard.backend import application
 from tensorboard.backend.event_processing.data_ingester import LocalDataIngester
 from werkzeug.test import Client
 
-import sngan.evaluation
+import sngan.build
 from sngan import checkpoint
 from sngan.runlog import RunLog, hparams
 from sngan.train import train
@@ -175,8 +175,8 @@ def test_a_finished_run_shows_its_final_losses_and_metrics(tmp_path, monkeypatch
     def build_evaluator(*args, **kwargs):
         return lambda G, seed: {"metrics/fid": 12.5, "metrics/is": 1.25}
 
-    monkeypatch.setattr(sngan.evaluation, "check_weights_files", lambda settings: None)
-    monkeypatch.setattr(sngan.evaluation, "build_evaluator", build_evaluator)
+    monkeypatch.setattr(sngan.build, "checked_weights_files", lambda settings: {})
+    monkeypatch.setattr(sngan.build, "build_evaluator", build_evaluator)
     run_dir = tmp_path / "run"
     cfg = compose_config(
         *RUN[len(TINY) :],

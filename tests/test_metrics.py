@@ -21,12 +21,11 @@ import torch
 import torch.nn.functional as F
 import torch_fidelity.utils
 import torchvision
-from inception_fixture import write_random_inception_weights
 from PIL import Image
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-from sngan import metrics, protocols
+from sngan import extractor_weights, metrics, protocols
 from sngan.data import load_images
 
 NUM_REAL = 10
@@ -34,12 +33,6 @@ OFFICIAL_FILE = "weights-inception-2015-12-05-6726825d.pth"
 OFFICIAL_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + OFFICIAL_FILE
 KEYS = {"metrics/is", "metrics/is_std", "metrics/fid", "metrics/num_fake", "metrics/num_fake_is"}
 KEYS |= {"metrics/num_real"}
-
-
-@pytest.fixture(scope="session")
-def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """torch-fidelity's Inception weights file format and keys, random values."""
-    return write_random_inception_weights(tmp_path_factory.mktemp("inception") / "random.pth")
 
 
 @pytest.fixture(scope="session")
@@ -413,7 +406,7 @@ def test_precision_and_recall_come_from_the_vgg16_features(
     itself lies in its own manifold (1, 1); a much brighter copy lies outside it (0, 0)."""
     vgg = tmp_path / "vgg16.pth"
     vgg.write_bytes(b"stand-in")
-    monkeypatch.setattr(metrics, "safe_weights_file", lambda path, network: Path(path))
+    monkeypatch.setattr(extractor_weights, "safe_weights_file", lambda path, network: Path(path))
     create = torch_fidelity.utils.create_feature_extractor
 
     def extractor(name, layers, **kwargs):

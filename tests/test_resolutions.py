@@ -161,7 +161,7 @@ def cli_error(monkeypatch, capsys, *args: str) -> str:
         (
             ["model.bottom_width=3"],
             "unknown config key 'model.bottom_width': model has name, z_dim, g_channels, "
-            "d_channels, d_widths, num_classes",
+            "d_channels, d_widths, num_classes, conditioning",
         ),
     ],
 )

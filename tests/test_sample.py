@@ -16,7 +16,8 @@ from conftest import compose_config
 from PIL import Image
 
 from sngan.cli import sample_main
-from sngan.sample import load_generator, slerp
+from sngan.resume import load_generator
+from sngan.sample import slerp
 from sngan.train import train
 
 SIZE, PAD = 32, 2  # CIFAR-sized tiles; torchvision's make_grid pads by 2 pixels
@@ -224,6 +225,83 @@ def test_slerp_of_parallel_or_antiparallel_vectors_is_lerp():
     assert torch.isfinite(slerp(a, a, torch.linspace(0, 1, 4)[:, None])).all()
 
 
+# -- what out= names -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("grid.jpg", "JPEG"), ("g.WEBP", "WEBP"), ("g.png", "PNG")]
+)
+def test_an_image_name_is_one_grid_in_its_format(uncond_run, tmp_path, capsys, name, fmt):
+    out = tmp_path / name
+    sample_main([f"checkpoint={ckpt(uncond_run)}", "n=4", "device=cpu", f"out={out}"])
+    assert capsys.readouterr().out.endswith(f"wrote 4 images of iteration 2 to {out}\n")
+    assert out.is_file()
+    with Image.open(out) as img:
+        assert (img.format, img.size) == (fmt, (2 * SIZE + 3 * PAD,) * 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["frames/", "frames"])
+def test_a_slash_or_no_extension_is_a_folder_of_pngs(uncond_run, tmp_path, name):
+    sample_main([f"checkpoint={ckpt(uncond_run)}", "n=3", "device=cpu", f"out={tmp_path / name}"])
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names == ["000000.png", "000001.png", "000002.png"]
+
+
+# -- the G_ema every command draws ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recompute_run(tmp_path_factory) -> Path:
+    """A tiny class-conditional run whose G_ema is evaluated with recomputed BN statistics."""
+    run_dir = tmp_path_factory.mktemp("recompute")
+    cfg = compose_config(
+        f"model.num_classes={CLASSES}",
+        "iterations=3",
+        "optim.n_dis=1",
+        "optim.g_lr=0.02",
+        "optim.ema_start=0",
+        "optim.ema_decay=0.5",
+    )
+    assert cfg.optim.ema_bn_stats == "recompute"  # the default
+    train(cfg, run_dir)
+    return run_dir
+
+
+def test_sngan_sample_draws_the_g_ema_that_evaluation_scores(recompute_run, tmp_path, monkeypatch):
+    """The network sngan-eval hands to the evaluator, run on sngan-sample's z and labels, gives
+    sngan-sample's images; the checkpoint's G_ema as stored (G's statistics) does not."""
+    import sngan.build
+    from sngan.cli import eval_main
+
+    scored = []
+
+    def build_evaluator(settings, reference, name, device, weights=None, labels=None):
+        def evaluate(G, seed=0):
+            scored.append(G)
+            return {"metrics/fid": 1.0, "metrics/is": 1.0}
+
+        return evaluate
+
+    monkeypatch.setattr(sngan.build, "build_evaluator", build_evaluator)
+    monkeypatch.setattr(sngan.build, "checked_weights_files", lambda settings: {})
+    eval_main([f"checkpoint={ckpt(recompute_run)}", "device=cpu"])
+    (G,) = scored
+    out = tmp_path / "files"
+    sample_main([f"checkpoint={ckpt(recompute_run)}", "n=6", "seed=4", "device=cpu", f"out={out}"])
+    drawn = torch.stack([pixels_of(p) for p in sorted(out.glob("*.png"))])
+    gen = generator(4)  # sngan.sample.generate: z, then uniform labels, from the seed
+    z = torch.randn(6, G.z_dim, generator=gen)
+    y = torch.randint(0, CLASSES, (6,), generator=gen)
+    assert_same_pixels(drawn, pixels(G, z, y))
+    stored = load_generator(ckpt(recompute_run), ema=True, device=CPU, ema_bn_stats="copy")[0]
+    assert (drawn - pixels(stored, z, y)).abs().max() > 1.0
+
+
+def pixels_of(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float()
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
@@ -258,6 +336,12 @@ def sample_error(capsys, *args: str) -> str:
         (["grid=per_class", "out=frames"], "grid=per_class draws a grid: give out=<file>.png"),
         (["class=1", "grid=per_class"], "class=1 and grid=per_class cannot be combined"),
         (["class=abc"], "class_"),
+        (
+            ["out=grid.xyz"],
+            "out=grid.xyz is not valid: Pillow cannot write .xyz images; end it with .png, .jpg, "
+            ".webp for one grid image, or with / for a folder of one PNG per image",
+        ),
+        (["ema_bn_stats=fresh"], "ema_bn_stats=fresh is not valid: choose one of copy, recompute"),
     ],
 )
 def test_arguments_that_cannot_work_fail_before_the_checkpoint_is_read(
