@@ -1,18 +1,19 @@
-"""Training images: a data source turned into one uint8 tensor.
+"""Training images: a data source turned into uint8 images and labels.
 
 A source (``cifar10``, ``stl10``, ``folder``, ``synthetic``) turns into ``(N, 3, H, W)`` uint8
-images and ``(N,)`` int64 labels on the CPU (``sngan.batches.BatchStream`` then serves them on the
-training device). Sources that must be decoded or resized (``folder``, ``stl10`` below 96 px) are
-worked out once and kept in ``sngan.image_cache``, so a second run or a resume reads one file
-instead of decoding 100,000 images again.
+images and ``(N,)`` int64 labels on the CPU (``sngan.batches`` then serves them). Sources that
+must be decoded or resized (``folder``, ``stl10`` below 96 px) are prepared once, in parallel,
+into ``sngan.image_store``'s file, which every later run memory-maps: their images tensor is a
+view of that map, not a copy in memory.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
+import re
 import tarfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -21,9 +22,9 @@ import numpy as np
 import PIL
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from sngan.image_cache import file_signature, load_cached, resolve_cache_dir
+from sngan import cifar10, image_store
+from sngan.image_store import Store, file_signature, resolve_cache_dir
 
 if TYPE_CHECKING:
     import torchvision
@@ -31,14 +32,14 @@ if TYPE_CHECKING:
 # torchvision is imported where a dataset is fetched or read, not here: importing it takes seconds
 # (it loads torch._dynamo), and the CLI imports this module to check a config and refuse a bad one.
 
-SOURCES = ("cifar10", "stl10", "folder", "synthetic")
+SOURCES = ("cifar10", "stl10", "folder", "imagenet", "synthetic")
 
 DEFAULT_ROOT = Path("~/.cache/sngan/data")
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR10_TEST_FILES = ("test_batch",)
-CIFAR10_SIZE = 32
+CIFAR10_URL = cifar10.URL
+CIFAR10_DIR = cifar10.DIR
+CIFAR10_TRAIN_FILES = cifar10.TRAIN_FILES
+CIFAR10_TEST_FILES = cifar10.TEST_FILES
+CIFAR10_SIZE = cifar10.SIZE
 NUM_SYNTHETIC_CLASSES = 10
 
 # torchvision.datasets.STL10's url and base_folder (tests/test_data.py checks they still are).
@@ -52,13 +53,18 @@ STL10_FILES = {
     "unlabeled": ("unlabeled_X.bin",),
     "train+unlabeled": ("train_X.bin", "train_y.bin", "unlabeled_X.bin"),
 }
-# Images resized per step: 28 MB of 96x96 uint8 in flight, whatever the split's size (the whole
-# unlabeled split is 2.7 GB, never held as one array, let alone as float).
-STL10_CHUNK = 1024
 
-# Bump a version whenever the code that makes a source's pixels changes: the cache key holds it,
-# so entries made by the old code are never read again (sngan.image_cache).
-FOLDER_TRANSFORM = "pil-resize-shorter-bilinear+centre-crop/1"
+# Bump a version whenever the code that makes a source's pixels changes: the store's key holds
+# it, so stores made by the old code are never read again (sngan.image_store).
+FOLDER_TRANSFORM = "pil-draft+centre-square+resize-bilinear/2"
+
+# ILSVRC2012's CLS-LOC training set: <root>/train/<wnid>/<wnid>_<n>.JPEG, 1,000 synsets, 1,281,167
+# images (the tree torchvision.datasets.ImageNet and the peers read; the DET set has 200 synsets
+# and other folders, and trains garbage: sngan_projection#12).
+IMAGENET_URL = "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php"
+IMAGENET_TRAIN = "train"
+IMAGENET_CLASSES = 1000
+WNID = re.compile(r"n\d{8}")
 STL10_TRANSFORM = "uint8-interpolate-bilinear-antialias/1"
 
 
@@ -73,6 +79,9 @@ def load_images(
     num_images: int = 1024,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    workers: int | None = 1,
+    progress: bool = False,
+    classes: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) uint8 images and (N,) int64 labels, on the CPU.
 
@@ -84,40 +93,84 @@ def load_images(
     training images (labels 0..9) followed by those 100,000; the 96x96 images are resized to
     ``image_size`` (antialiased bilinear; 48 in the paper). ``folder`` reads an ImageFolder tree
     ``<root>/<class>/<image>`` (class subfolders in sorted order become labels 0, 1, ...), resized
-    so the shorter side is ``image_size`` and centre-cropped to a square. ``synthetic`` makes
+    so the shorter side is ``image_size`` and centre-cropped to a square; ``imagenet`` the same of
+    ILSVRC2012's CLS-LOC tree ``<root>/train/<wnid>/*.JPEG`` (``classes`` wnid folders, 1,000 by
+    default, labels in sorted wnid order as torchvision's). ``synthetic`` makes
     ``num_images`` smooth random images from ``seed``; ``num_images`` and ``seed`` only apply to it.
 
-    ``folder`` and resized ``stl10`` images are cached in ``cache_dir`` (default
-    ``$XDG_CACHE_HOME/sngan/images``, else ``~/.cache/sngan/images``), keyed by the files' names,
-    sizes and modification times, ``image_size`` and the transform's version: a later call with
-    the same files reads the cache instead of decoding. Entries can be deleted at any time; a
-    cache that cannot be written costs a warning, never the run.
+    ``folder``, ``imagenet`` and resized ``stl10`` images come from their store in ``cache_dir``
+    (default ``$XDG_CACHE_HOME/sngan/images``, else ``~/.cache/sngan/images``), prepared first by
+    ``workers`` processes (None: every CPU this process may use) if it is not there: see
+    ``sngan.image_store``. Their images tensor maps the store's file.
     """
-    if image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size}")
-    if split not in STL10_SPLITS:
-        raise ValueError(
-            f"unknown split {split!r} (STL-10's training images); valid splits are: "
-            f"{', '.join(STL10_SPLITS)}"
-        )
+    # The values are checked once, with the config (sngan.config.validate), not again here.
+    store = source_store(
+        source,
+        root=root,
+        image_size=image_size,
+        download=download,
+        split=split,
+        cache_dir=cache_dir,
+        workers=workers,
+        progress=progress,
+        classes=classes,
+    )
+    if store is not None:
+        return as_tensors(store)
     if source == "cifar10":
-        if image_size != CIFAR10_SIZE:
-            raise ValueError(
-                f"CIFAR-10 images are {CIFAR10_SIZE}x{CIFAR10_SIZE}, got image_size={image_size}; "
-                f"use image_size={CIFAR10_SIZE}, or source='folder' to resize images of your own"
-            )
-        root = Path(root if root is not None else DEFAULT_ROOT).expanduser()
-        return load_cifar10(root, train=train, download=download)
-    if source == "stl10":
-        root = Path(root if root is not None else DEFAULT_ROOT).expanduser()
-        return load_stl10(
-            root, split=split, image_size=image_size, download=download, cache_dir=cache_dir
-        )
-    if source == "folder":
-        return load_folder(root, image_size=image_size, cache_dir=cache_dir)
+        return load_cifar10(_data_root(root), train=train, download=download)
+    if source == "stl10":  # at 96 pixels: the binaries as they are
+        base = _data_root(root) / STL10_DIR
+        parts = [read_stl10_images(base / n) for n in STL10_FILES[split] if n.endswith("_X.bin")]
+        labels = stl10_labels(base, split, [len(p) for p in parts])
+        return torch.from_numpy(np.concatenate(parts)), torch.from_numpy(labels)
     if source == "synthetic":
         return make_synthetic(num_images, image_size=image_size, seed=seed)
     raise ValueError(f"unknown data source {source!r}; valid sources are: {', '.join(SOURCES)}")
+
+
+def source_store(
+    source: str,
+    *,
+    root: str | os.PathLike | None,
+    image_size: int,
+    download: bool,
+    split: str,
+    cache_dir: str | os.PathLike | None,
+    workers: int | None,
+    progress: bool,
+    classes: int | None = None,
+) -> Store | None:
+    """The image store behind a source, prepared now if it is not complete; None for the
+    sources read as they are (cifar10, synthetic, stl10 at 96 pixels)."""
+    if source == "folder":
+        return folder_store(
+            root, image_size=image_size, cache_dir=cache_dir, workers=workers, progress=progress
+        )
+    if source == "imagenet":
+        return imagenet_store(
+            _data_root(root),
+            image_size=image_size,
+            classes=classes,
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=progress,
+        )
+    if source == "stl10":
+        return stl10_store(
+            _data_root(root),
+            split=split,
+            image_size=image_size,
+            download=download,
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=progress,
+        )
+    return None
+
+
+def _data_root(root: str | os.PathLike | None) -> Path:
+    return Path(root if root is not None else DEFAULT_ROOT).expanduser()
 
 
 def torchvision_module() -> ModuleType:
@@ -162,8 +215,7 @@ def load_cifar10(
     """CIFAR-10 from its python pickles in ``root/cifar-10-batches-py``, downloaded if missing."""
     base = root / CIFAR10_DIR
     names = CIFAR10_TRAIN_FILES if train else CIFAR10_TEST_FILES
-    # torchvision only fetches and extracts; reading goes through our own loop below (its md5
-    # check and per-item PIL path are not wanted for that).
+    # torchvision only fetches and extracts (checking the archive's md5); sngan.cifar10 reads.
     fetch_missing(
         "CIFAR-10",
         base,
@@ -173,36 +225,26 @@ def load_cifar10(
         lambda: torchvision_module().datasets.CIFAR10(str(root), train=train, download=True),
     )
 
-    images, labels = [], []
-    for name in names:
-        with open(base / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * CIFAR10_SIZE * CIFAR10_SIZE:
-            raise ValueError(
-                f"{base / name}: expected 'data' of shape (N, 3072), got {data.shape}; "
-                "is this CIFAR-10's python version?"
-            )
-        images.append(data.reshape(-1, 3, CIFAR10_SIZE, CIFAR10_SIZE))  # rows are CHW
-        labels.append(np.asarray(entry["labels"], dtype=np.int64))
-    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+    # Checked against the published md5 sums and read by an unpickler that cannot run code.
+    images, labels = cifar10.read_batches(base, names)
+    return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def load_stl10(
+def stl10_store(
     root: Path,
     *,
-    split: str = "unlabeled",
-    image_size: int = 48,
-    download: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """STL-10's training images from ``root/stl10_binary``, resized, downloaded if missing."""
-    if split not in STL10_SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(STL10_SPLITS)}")
+    split: str,
+    image_size: int,
+    download: bool,
+    cache_dir: str | os.PathLike | None,
+    workers: int | None,
+    progress: bool,
+) -> Store | None:
+    """STL-10 resized to ``image_size``, prepared once into the store (None at 96 pixels)."""
     base = root / STL10_DIR
     names = STL10_FILES[split]
     # As for CIFAR-10, torchvision only fetches and extracts (and, being torchvision, reads the
-    # arrays once, which we drop); our own reader below does the rest.
+    # arrays once, which we drop); our own reader does the rest.
     fetch_missing(
         "STL-10",
         base,
@@ -211,14 +253,10 @@ def load_stl10(
         download,
         lambda: torchvision_module().datasets.STL10(str(root), split=split, download=True),
     )
-
-    num_images = sum(
-        len(read_stl10_images(base / name)) for name in names if name.endswith("_X.bin")
-    )
     if image_size == STL10_SIZE:
-        # Nothing to resize: the binaries read as fast as a cache would.
-        images, labels, _ = read_stl10(base, split=split, image_size=image_size)
-        return images, labels
+        return None
+    binaries = [str(base / name) for name in names if name.endswith("_X.bin")]
+    labels = stl10_labels(base, split, [len(read_stl10_images(Path(b))) for b in binaries])
     key = {
         "source": "stl10",
         "split": split,
@@ -227,11 +265,15 @@ def load_stl10(
         "torch": torch.__version__,
         "files": file_signature(base, [base / name for name in names]),
     }
-    return load_cached(
+    return image_store.load_or_prepare(
         resolve_cache_dir(cache_dir),
         key,
-        (num_images, 3, image_size, image_size),
-        lambda: read_stl10(base, split=split, image_size=image_size),
+        shape=(len(labels), 3, image_size, image_size),
+        labels=labels,
+        classes=stl10_classes(base),
+        fills=lambda start, stop: partial(resize_stl10_rows, binaries, start, stop, image_size),
+        workers=_workers(workers),
+        progress=progress,
     )
 
 
@@ -250,77 +292,149 @@ def read_stl10_images(path: Path) -> np.ndarray:
     return data.reshape(-1, 3, STL10_SIZE, STL10_SIZE).transpose(0, 1, 3, 2)
 
 
-def read_stl10(
-    base: Path, *, split: str, image_size: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """A split's images resized to image_size, its labels (-1: unlabelled) and class names."""
-    parts = [
-        read_stl10_images(base / name) for name in STL10_FILES[split] if name.endswith("_X.bin")
-    ]
+def stl10_labels(base: Path, split: str, counts: list[int]) -> np.ndarray:
+    """A split's labels: train_y.bin's (0..9) for its training images, -1 for unlabelled ones."""
     labels = []
     if split == "train+unlabeled":
         on_disk = np.fromfile(base / "train_y.bin", dtype=np.uint8)
-        if len(on_disk) != len(parts[0]) or not np.isin(on_disk, np.arange(1, 11)).all():
+        if len(on_disk) != counts[0] or not np.isin(on_disk, np.arange(1, 11)).all():
             found = (
                 f"{len(on_disk)}, in {on_disk.min()}..{on_disk.max()}" if len(on_disk) else "none"
             )
             raise ValueError(
-                f"{base / 'train_y.bin'}: expected {len(parts[0])} labels in 1..10, one per "
+                f"{base / 'train_y.bin'}: expected {counts[0]} labels in 1..10, one per "
                 f"image of train_X.bin; found {found}"
             )
         labels.append(on_disk.astype(np.int64) - 1)  # 1..10 on disk, 0..9 as torchvision has them
-    labels.append(np.full(len(parts[-1]), -1, dtype=np.int64))
+    labels.append(np.full(counts[-1], -1, dtype=np.int64))
+    return np.concatenate(labels)
 
-    images = torch.empty((sum(map(len, parts)), 3, image_size, image_size), dtype=torch.uint8)
-    pos = 0
-    for part in parts:
-        for start in range(0, len(part), STL10_CHUNK):
-            chunk = torch.from_numpy(np.ascontiguousarray(part[start : start + STL10_CHUNK]))
-            if image_size != STL10_SIZE:
-                if image_size == 1:
-                    # torch 2.x's uint8 kernel trips an internal assert for a 1x1 output from
-                    # (N, C, H, W) memory; its channels-last path is fine.
-                    chunk = chunk.contiguous(memory_format=torch.channels_last)
-                # torch's uint8 path (PIL's fixed-point antialiased filter): no float copy, and
-                # the same pixels as PIL's resize.
-                chunk = F.interpolate(
-                    chunk,
-                    size=(image_size, image_size),
-                    mode="bilinear",
-                    antialias=True,
-                    align_corners=False,
-                )
-            images[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
 
+def stl10_classes(base: Path) -> list[str]:
     class_file = base / "class_names.txt"
-    classes = class_file.read_text().splitlines() if class_file.is_file() else []
-    return images, torch.from_numpy(np.concatenate(labels)), classes
+    return class_file.read_text().splitlines() if class_file.is_file() else []
 
 
-def load_folder(
+def resize_stl10_rows(
+    binaries: list[str], start: int, stop: int, image_size: int
+) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Images ``start:stop`` of the binaries read as one sequence, resized to ``image_size``.
+
+    torch's uint8 path (PIL's fixed-point antialiased filter): no float copy, and the same
+    pixels as PIL's resize. Runs in a store's worker processes.
+    """
+    parts = [read_stl10_images(Path(b)) for b in binaries]
+    rows, first = [], 0
+    for part in parts:
+        lo, hi = max(start - first, 0), min(stop - first, len(part))
+        if lo < hi:
+            rows.append(np.ascontiguousarray(part[lo:hi]))
+        first += len(part)
+    chunk = torch.from_numpy(np.concatenate(rows))
+    if image_size == 1:
+        # torch 2.x's uint8 kernel trips an internal assert for a 1x1 output from
+        # (N, C, H, W) memory; its channels-last path is fine.
+        chunk = chunk.contiguous(memory_format=torch.channels_last)
+    resized = F.interpolate(
+        chunk, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return resized.contiguous().numpy(), []
+
+
+def folder_store(
     root: str | os.PathLike | None,
     *,
     image_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image of an ImageFolder tree, as RGB, resized and centre-cropped (decoded once)."""
+    workers: int | None = 1,
+    progress: bool = False,
+    source: str = "folder",
+) -> Store:
+    """Every image of an ImageFolder tree as RGB, its shorter side's centre square resized
+    (``sngan.image_store.decode_image``), prepared once into the store."""
     dataset = scan_folder(root)
     paths = [path for path, _ in dataset.samples]
     key = {
-        "source": "folder",
+        "source": source,
         "image_size": image_size,
         "transform": FOLDER_TRANSFORM,
         "pillow": PIL.__version__,
-        "torchvision": torchvision_module().__version__,
         "files": file_signature(Path(dataset.root), paths),
     }
-    return load_cached(
+    return image_store.load_or_prepare(
         resolve_cache_dir(cache_dir),
         key,
-        (len(paths), 3, image_size, image_size),
-        lambda: decode_folder(dataset, image_size=image_size),
+        shape=(len(paths), 3, image_size, image_size),
+        labels=np.asarray(dataset.targets, dtype=np.int64),
+        classes=list(dataset.classes),
+        fills=lambda start, stop: partial(image_store.decode_files, paths[start:stop], image_size),
+        workers=_workers(workers),
+        progress=progress,
     )
+
+
+def imagenet_store(
+    root: Path,
+    *,
+    image_size: int,
+    classes: int | None,
+    cache_dir: str | os.PathLike | None,
+    workers: int | None,
+    progress: bool,
+) -> Store:
+    """ILSVRC2012's CLS-LOC training images, prepared once into the store as a folder's are.
+
+    ``root/train`` must hold ``classes`` (default 1,000) folders named by WordNet ids and
+    nothing else: a missing tree, the DET set's, or another number of classes is one line
+    saying what was found and what is expected, before anything is decoded.
+    """
+    expected = IMAGENET_CLASSES if classes is None else classes
+    train = root / IMAGENET_TRAIN
+    if not train.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet not found: expected ILSVRC2012's CLS-LOC training set as {train}/<wnid>/"
+            f"*.JPEG ({expected} class folders). Download ILSVRC2012_img_train.tar from "
+            f"{IMAGENET_URL} (registration needed) and extract it there, each n########.tar into "
+            "its own folder, or set data.root=<dir> to the directory that holds train/"
+        )
+    folders = sorted(p.name for p in train.iterdir() if p.is_dir())
+    foreign = [name for name in folders if not WNID.fullmatch(name)]
+    if foreign or len(folders) != expected:
+        shown = ", ".join(foreign[:3]) + (", ..." if foreign[3:] else "")
+        what = (
+            f"folders that are not WordNet ids ({shown})"
+            if foreign
+            else f"{len(folders)} class folders"
+        )
+        det = " (the DET set has 200 synsets: use CLS-LOC's train/)" if len(folders) == 200 else ""
+        raise ValueError(
+            f"{train} is not ILSVRC2012's CLS-LOC training set: it has {what}, expected "
+            f"{expected} folders named n######## of .JPEG images{det}; data.classes=<n> "
+            "trains on a subset of that many classes"
+        )
+    return folder_store(
+        train,
+        image_size=image_size,
+        cache_dir=cache_dir,
+        workers=workers,
+        progress=progress,
+        source="imagenet",
+    )
+
+
+def as_tensors(store: Store) -> tuple[torch.Tensor, torch.Tensor]:
+    """A store's images (a view of its memory map, no copy) and labels as torch tensors."""
+    return torch.from_numpy(store.images), torch.from_numpy(store.labels)
+
+
+def _workers(workers: int | None) -> int:
+    """None: every CPU this process may run on."""
+    if workers is not None:
+        return workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def scan_folder(root: str | os.PathLike | None) -> torchvision.datasets.ImageFolder:
@@ -352,32 +466,10 @@ def scan_folder(root: str | os.PathLike | None) -> torchvision.datasets.ImageFol
         raise ValueError(f"no usable images in {root} ({err}); {layout}{hint}") from err
 
 
-def decode_folder(
-    dataset: torchvision.datasets.ImageFolder, *, image_size: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Decode, resize and centre-crop every image of the listing: images, labels, class names."""
-    from torchvision.transforms import v2
-
-    # Resize on the PIL image (its antialiased filters), then crop; an image already at
-    # image_size passes through untouched. A change here needs a new FOLDER_TRANSFORM.
-    transform = v2.Compose([v2.Resize(image_size), v2.CenterCrop(image_size), v2.PILToTensor()])
-    images = torch.empty((len(dataset), 3, image_size, image_size), dtype=torch.uint8)
-    for i, (path, _) in enumerate(dataset.samples):
-        try:
-            with Image.open(path) as img:
-                images[i] = transform(img.convert("RGB"))
-        except OSError as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-    labels = torch.tensor(dataset.targets, dtype=torch.int64)
-    return images, labels, list(dataset.classes)
-
-
 def make_synthetic(
     num_images: int, *, image_size: int = 32, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth random images (upsampled 4x4 noise tinted by a per-class colour), same for a seed."""
-    if num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images}")
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, NUM_SYNTHETIC_CLASSES, (num_images,), generator=g)
     palette = torch.rand(NUM_SYNTHETIC_CLASSES, 3, 1, 1, generator=g)
