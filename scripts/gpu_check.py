@@ -59,6 +59,8 @@ EVAL_TARGET_S = 60.0  # issue 5: one evaluation of 50,000 samples, reference cac
 EVAL_TARGET_N = 50_000
 
 
+# write_json and fmt are this file's own, not sngan.benchmarking's: that module imports torch, and
+# `report` must still run where torch or sngan cannot be imported.
 def write_json(path: str | os.PathLike, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +313,7 @@ def train(args: argparse.Namespace) -> int:
         if weights and not weights.is_file():
             from sngan.benchmarking import random_inception_weights
 
-            random_inception_weights(weights)  # tests/inception_fixture.py's
+            random_inception_weights(weights)
         train_main()
     except SystemExit as e:
         rc = exit_code(e.code)
@@ -586,12 +588,37 @@ def figure_variant(folder: Path, step: dict) -> tuple[str, str]:
     return f"{prefix}resnet {v['ms']:.2f} ms/it{rel}; {v['speedup']:.2f}x the reference", "-"
 
 
+IMAGENET_ITERATIONS = 450_000  # the official ImageNet schedule (configs/sn_projection.yml)
+IMAGENET_GPUS = 4  # ... on four GPUs
+
+
+def figure_imagenet(folder: Path, _: dict) -> tuple[str, str]:
+    """ImageNet 128: ms/it, TFLOP/s, peak memory at one GPU's batches and the global ones; 450K
+    iterations on one GPU (the global batches) and on four (one GPU's share each, assuming the
+    all-reduce of 72 M gradients hides under the backward, as DDP overlaps it)."""
+    part = {
+        name: bench_figures(folder / f"7_imagenet_{name}.json").get("imagenet_projection")
+        for name in ("gpu", "global")
+    }
+    if not all(part.values()):
+        return "no ImageNet benchmark JSON", "n/a"
+    text = quick(folder / "7_imagenet_gpu.json") + "; ".join(
+        f"{name} batches {v['ms']:.1f} ms/it, {v['tflop_per_s']:.1f} TFLOP/s, "
+        f"peak {fmt(v['peak_mib'], '.0f')} MiB"
+        for name, v in part.items()
+    )
+    one = IMAGENET_ITERATIONS * part["global"]["ms"] / 1e3 / 86400
+    four = IMAGENET_ITERATIONS * part["gpu"]["ms"] / 1e3 / 86400
+    return text, f"450K iterations: {one:.1f} days on 1 GPU, {four:.1f} on {IMAGENET_GPUS}"
+
+
 FIGURES = {
     "1": figure_versions,
     "2": figure_tests,
     "3": figure_train,
     "4": figure_bench,
     "5": figure_eval,
+    "7": figure_imagenet,
 }
 
 

@@ -18,24 +18,30 @@
 #      150, FID/IS at 150 with random Inception weights), then resume=<run> to 300 (checkpoints at
 #      200 and 300, FID/IS at 300); recorded by scripts/gpu_check.py train: steady it/s, first
 #      iterations (compilation), peak CUDA memory, dynamo graphs, graph breaks, compile times
-#   4  scripts/benchmark.py, both models against the plain PyTorch reference, few rounds
-#   5  scripts/bench_eval.py at 50,000 samples if the time left allows, else 10,000 (and an
+#   4  benchmarks/benchmark.py, both models against the plain PyTorch reference, few rounds
+#   5  benchmarks/bench_eval.py at 50,000 samples if the time left allows, else 10,000 (and an
 #      extrapolation to 50,000 in the table)
 #   6  if time is left, the ResNet benchmark with compile_mode=reduce-overhead, then with each
 #      fast path off on its own (--no-amp, --no-compile, --no-channels-last, --no-fused-adam,
 #      --no-joint-d-forward)
+#   7  ImageNet 128x128: benchmarks/benchmark.py on the official projection model
+#      (experiment=sngan_imagenet128_projection, 42 M + 30 M parameters, compiled, bf16) at one
+#      GPU's share of the official batches (16 real / 32 generated) and at the global ones
+#      (64 / 128): ms per generator iteration, TFLOP/s, peak memory, and what 450,000 iterations
+#      take on 1 and on 4 GPUs
 # A step whose estimate does not fit in the time left is skipped, and each step runs under a
 # timeout of the time left. A failing step does not stop the later ones; the exit status is
 # non-zero when step 2 or 3 did not pass. The summary table (scripts/gpu_check.py report) is
 # printed last and written to <out>/summary.txt and summary.json.
 #
-# Usage: bash scripts/gpu_check.sh [--cpu-smoke] [--budget SECONDS] [--pack] [OUTDIR]
+# Usage: bash scripts/gpu_check.sh [--cpu-smoke] [--budget SECONDS] [--steps LIST] [--pack] [OUTDIR]
 #   OUTDIR       the output folder: $OUT when set, else OUTDIR, else ./gpu_check_out
 #   --cpu-smoke  the same steps at toy size on the CPU (the tiny DCGAN, a handful of iterations,
 #                --quick benchmarks at one thread): a few minutes, for the test that keeps this
 #                script working (tests/test_gpu_check.py)
 #   --budget S   the time budget in seconds (default 540; 900 with --cpu-smoke, where it is a
 #                safety net, not a plan); also GPU_CHECK_BUDGET_S
+#   --steps L    run only these steps (comma-separated ids: 1,7 runs the versions and ImageNet)
 #   --pack       the device tool brings back at most 8 files from $OUT: keep the step files in
 #                the scratch folder and put them into OUTDIR as gpu_check.tar.gz (refreshed after
 #                every step) next to summary.txt, summary.json and steps.tsv
@@ -50,6 +56,7 @@ usage() { sed -n '/^# Usage:/,/^# removed at the end/p' "$0" | sed 's/^# \{0,1\}
 MODE=gpu
 BUDGET_S=${GPU_CHECK_BUDGET_S:-}
 PACK=0
+ONLY=
 OUTARG=
 while (($#)); do
     case $1 in
@@ -57,6 +64,8 @@ while (($#)); do
         --budget) BUDGET_S=${2:?--budget needs seconds}; shift ;;
         --budget=*) BUDGET_S=${1#*=} ;;
         --pack) PACK=1 ;;
+        --steps) ONLY=,${2:?--steps needs a list},; shift ;;
+        --steps=*) ONLY=,${1#*=}, ;;
         -h | --help) usage; exit 0 ;;
         -*) echo "gpu_check: unknown option $1" >&2; usage >&2; exit 2 ;;
         *) OUTARG=$1 ;;
@@ -101,7 +110,10 @@ if [[ $MODE == gpu ]]; then
     # Seconds each step is expected to need on one H200 (compilation included); a step is
     # started only where its estimate fits in the time left.
     # Step 5 runs at 50,000 samples where EST_5_50K fits, else at 10,000 where EST_5 does.
-    EST_1=15 EST_2=100 EST_3=240 EST_4=120 EST_5=50 EST_5_50K=130 EST_6=70
+    EST_1=15 EST_2=100 EST_3=240 EST_4=120 EST_5=50 EST_5_50K=130 EST_6=70 EST_7=240
+    IMAGENET=(--device cuda --models imagenet_projection --warmup 3 --iterations 5 --repeats 2)
+    IMAGENET_OVERRIDES=()
+    IMAGENET_BATCHES=("gpu 16 32" "global 64 128") # one GPU's share of the official, and all
 else
     BUDGET_S=${BUDGET_S:-900}
     P1=4 P2=8
@@ -117,7 +129,11 @@ else
     EVAL=(--quick --device cpu --threads 1)
     VARIANTS=(reduce-overhead no-amp no-compile no-channels-last no-fused-adam no-joint-d-forward)
     SMOKE_VARIANT=no-channels-last # the one fast path that is on by default on the CPU
-    EST_1=5 EST_2=30 EST_3=60 EST_4=30 EST_5=60 EST_6=20
+    EST_1=5 EST_2=30 EST_3=60 EST_4=30 EST_5=60 EST_6=20 EST_7=60
+    IMAGENET=(--quick --threads 1 --device cpu --models imagenet_projection)
+    # --quick's D width 8 does not divide at 128 px; small batches, one D step: a smoke run.
+    IMAGENET_OVERRIDES=(model.d_channels=16 optim.n_dis=1)
+    IMAGENET_BATCHES=("gpu 2 4" "global 4 8")
     export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 fi
 if ! [[ $BUDGET_S =~ ^[0-9]+$ ]]; then
@@ -172,6 +188,10 @@ banner() { echo "=== gpu_check step $1: $2 (${SECONDS} s of ${BUDGET_S} s used) 
 # step ID NAME ESTIMATE FUNCTION: run FUNCTION if its estimate fits, record its outcome
 step() {
     local id=$1 name=$2 est=$3 fn=$4 t0 rc
+    if [[ -n $ONLY && $ONLY != *",${id:0:1},"* ]]; then
+        record "$id" "$name" "skipped(--steps)" - 0 "not in --steps${ONLY//,/ }"
+        return
+    fi
     if ! fits "$est"; then
         record "$id" "$name" "skipped(time)" - 0 "needs ~${est} s, $(left) s left"
         refresh
@@ -258,7 +278,7 @@ train_and_resume() {
 }
 
 benchmark() {
-    teed "$STEPS_DIR/4_benchmark.log" "$PY" "$REPO/scripts/benchmark.py" "${BENCH[@]}" \
+    teed "$STEPS_DIR/4_benchmark.log" "$PY" "$REPO/benchmarks/benchmark.py" "${BENCH[@]}" \
         --json "$STEPS_DIR/4_benchmark.json"
 }
 
@@ -271,7 +291,7 @@ evaluation() {
         args=("${EVAL[@]}" --num-samples "$n" --num-real "$n")
         ((n != 50000)) && NOTE="10,000 samples: not enough time left for 50,000"
     fi
-    teed "$STEPS_DIR/5_bench_eval.log" "$PY" "$REPO/scripts/bench_eval.py" "${args[@]}" \
+    teed "$STEPS_DIR/5_bench_eval.log" "$PY" "$REPO/benchmarks/bench_eval.py" "${args[@]}" \
         --json "$STEPS_DIR/5_bench_eval.json"
 }
 
@@ -282,8 +302,20 @@ variant() {
         reduce-overhead) extra=(compile_mode=reduce-overhead) ;;
         *) extra=("--$VARIANT") ;;
     esac
-    teed "$STEPS_DIR/6_$VARIANT.log" "$PY" "$REPO/scripts/benchmark.py" "${BENCH6[@]}" \
+    teed "$STEPS_DIR/6_$VARIANT.log" "$PY" "$REPO/benchmarks/benchmark.py" "${BENCH6[@]}" \
         --json "$STEPS_DIR/6_$VARIANT.json" "${extra[@]}"
+}
+
+# ImageNet 128x128 at one GPU's share of the official batches and at the global ones.
+imagenet() {
+    local rc=0 part name d g
+    for part in "${IMAGENET_BATCHES[@]}"; do
+        read -r name d g <<<"$part"
+        teed "$STEPS_DIR/7_imagenet.log" "$PY" "$REPO/benchmarks/benchmark.py" "${IMAGENET[@]}" \
+            --json "$STEPS_DIR/7_imagenet_$name.json" "${IMAGENET_OVERRIDES[@]}" \
+            "optim.d_batch_size=$d" "optim.g_batch_size=$g" || rc=$?
+    done
+    return "$rc"
 }
 
 echo "gpu_check: $MODE mode, budget ${BUDGET_S} s, output $DEST, steps' files $STEPS_DIR," \
@@ -303,6 +335,8 @@ for i in "${!VARIANTS[@]}"; do
     fi
     step "6${letters[$i]}" "$VARIANT" "$EST_6" variant
 done
+
+step 7 "imagenet-128" "$EST_7" imagenet
 
 "$PY" "$REPO/scripts/gpu_check.py" report "$STEPS_DIR" --budget "$BUDGET_S" ||
     { echo "gpu_check: the summary failed; steps.tsv:"; cat "$STEPS_DIR/steps.tsv"; }

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Reproduce the SN-GAN paper's CIFAR-10 and STL-10 experiments and write their results table.
+"""Reproduce the SN-GAN paper's experiments and write their results table.
 
 Four Hydra multiruns of sngan-train: the official ResNet (experiment=sngan_resnet), the
 standard CNN under the paper's settings A-F (experiment=dcgan_A,...,dcgan_F), the
 class-conditional ResNet (experiment=sngan_resnet_cond) and the paper's STL-10 models
-(experiment=sngan_stl10_dcgan,sngan_stl10_resnet). Each run's last checkpoint is then
+(experiment=sngan_stl10_dcgan,sngan_stl10_resnet). With ``--imagenet`` (or ``--only``), also
+the ImageNet 128x128 experiments (sngan_imagenet128_concat, _projection, and the unconditional
+sngan_imagenet128), each under torchrun on ``--gpus`` GPUs (4, the official set-up), with
+``--train data.root=<dir holding train/>``. Each run's last checkpoint is then
 evaluated by sngan-eval under both FID protocols (standard and paper), the raw G (what the
 paper scored: the official code keeps no weight average) next to G_ema, and the numbers go
 into a Markdown table next to the published ones, with how each was measured.
@@ -65,8 +68,11 @@ SMOKE_TRAIN = (
     "progress=false",
     "device=cpu",
 )
-# The STL-10 sweep keeps its networks' size in the smoke run (random images of 48 pixels).
-SMOKE_SWEEP = {"stl10": ("data.image_size=48", "model.d_channels=16")}
+# The STL-10 and ImageNet sweeps keep their image size in the smoke run (random images).
+SMOKE_SWEEP = {
+    "stl10": ("data.image_size=48", "model.d_channels=16"),
+    "imagenet": ("data.image_size=128", "model.d_channels=16", "data.residence=device"),
+}
 # The fewest generated images each protocol accepts (IS has 10 splits; paper's IS is 10 x N).
 SMOKE_EVAL = {
     "standard": ("metrics.num_samples=10", "metrics.batch_size=10", "device=cpu"),
@@ -137,12 +143,36 @@ ROWS = (
         "8.04 ± 0.07 / 39.56 ± 0.10 [m]",
         "9.10 / 40.1 [p]",
     ),
+    Row(
+        "ImageNet 128x128, conditional, concat D (`sngan_imagenet128_concat`)",
+        "sngan_imagenet128_concat",
+        "imagenet",
+        NA,
+        "IS 21.1 ± 0.35 [p, §4.2] (450K)",
+    ),
+    Row(
+        "ImageNet 128x128, conditional, projection D (`sngan_imagenet128_projection`)",
+        "sngan_imagenet128_projection",
+        "imagenet",
+        "IS 32.25 / FID 26.79 [g]<br>IS 30.07 / FID 32.62 [x]<br>FID 27.62 [a]",
+        "IS 29.7, intra-FID 103.1 (450K); IS 36.8, intra-FID 92.4 (850K) [k]",
+    ),
+    Row(
+        "ImageNet 128x128, unconditional (`sngan_imagenet128`)",
+        "sngan_imagenet128",
+        "imagenet",
+        "IS 13.05 / FID 65.74, KID 0.0663 [m]",
+        NA,
+    ),
 )
 EXPERIMENTS = tuple(r.experiment for r in ROWS if r.experiment)
 SWEEPS = {
     sweep: [r.experiment for r in ROWS if r.sweep == sweep]
-    for sweep in ("resnet", "dcgan", "cond", "stl10")
+    for sweep in ("resnet", "dcgan", "cond", "stl10", "imagenet")
 }
+IMAGENET_CONDITIONAL = ("sngan_imagenet128_concat", "sngan_imagenet128_projection")
+# ImageNet (the ILSVRC2012 tree, four GPUs for weeks) runs only when asked: --imagenet or --only.
+DEFAULT_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e not in SWEEPS["imagenet"])
 
 SOURCES = """\
 Sources of the published numbers, each with the protocol it was measured under:
@@ -180,6 +210,19 @@ Sources of the published numbers, each with the protocol it was measured under:
   iterations.
 - **[m']** kwotsin/mimicry, README "Reproducibility": FID with the paper's sample sizes, 10k real
   and 5k generated images.
+- ImageNet 128x128 (ILSVRC2012, 1,000 classes), the official code's set-up
+  (pfnet-research/sngan_projection, configs/sn_projection.yml and sn_concat.yml): hinge loss,
+  Adam 2e-4 (0, 0.9), n_dis 5, 16 real + 16 generated images per D step and 32 per G step on
+  each of 4 GPUs (global 64 / 128), 450,000 generator iterations, linear decay from 400,000, no
+  weight average. [p, §4.2] is the concat D (IS only, no FID). [k]'s intra-FID: per class,
+  5,000 generated images against that class's training images, averaged over the 1,000 classes.
+  [m] for ImageNet: mimicry's unconditional SNGAN 128 (batch 64, n_dis 5, 450K, no decay), 50k
+  samples against the training set.
+- **[g]** POSTECH-CVLab/PyTorch-StudioGAN, ImageNet SNGAN: batch 256, 2 D steps, its own D
+  (hidden width = output width: 39,443,137 parameters, not the official 30,041,857); FID against
+  50,000 validation images.
+- **[x]** open-mmlab/mmgeneration, SNGAN-projection ImageNet 128, its own schedule.
+- **[a]** Zhang et al., *Self-Attention GANs* (ICML 2019), quoting SNGAN-projection at FID 27.62.
 
 Our presets follow the paper: 50k generator iterations for the CIFAR-10 ResNets, 100k for the
 standard CNN; where the paper gives no STL-10 schedule, sngan_stl10_resnet follows [m] (100k,
@@ -220,6 +263,14 @@ def run(cmd: list[str], dry_run: bool = False) -> None:
         raise SystemExit(
             f"reproduce.py: command failed (exit {done.returncode}): {shlex.join(cmd)}"
         )
+
+
+def imagenet_command(gpus: int, args: list[str]) -> list[str]:
+    """sngan-train under torchrun on ``gpus`` GPUs of this node (a plain one for 1)."""
+    if gpus <= 1:
+        return [console_script("sngan-train"), *args]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
+    return [*torchrun, "-m", "sngan.cli", *args]
 
 
 def run_together(cmds: list[list[str]], env: dict[str, str], dry_run: bool = False) -> None:
@@ -275,11 +326,13 @@ def train(
     dry_run: bool,
     jobs: int | None = None,
     sweep_overrides: dict[str, tuple[str, ...]] | None = None,
+    gpus: int = 4,
 ) -> dict[str, Path]:
     """Train every experiment in ``only`` that is not finished yet; {experiment: run directory}.
 
     ``jobs``: train up to that many at once, one GPU each (else one after another).
     ``sweep_overrides``: more overrides for the new runs of one sweep (--smoke's STL-10 size).
+    ``gpus``: each ImageNet run's GPUs, one torchrun process each (1: a plain sngan-train).
     """
     run_dirs, cmds = {}, []
     # In parallel: the sweeps go through the joblib launcher, one GPU slot per job; a resume
@@ -294,6 +347,17 @@ def train(
             continue
         states = {e: run_state(sweep_dir / e) for e in experiments}
         new = [e for e in experiments if states[e] == "new"]
+        if sweep == "imagenet":  # one run at a time, on all its GPUs
+            more = [*overrides, *(sweep_overrides or {}).get(sweep, ())]
+            for e in experiments:
+                run_dirs[e] = sweep_dir / e
+                if states[e] == "done":
+                    print(f"{sweep_dir / e}: finished, not trained again")
+                    continue
+                args = [f"resume={sweep_dir / e}"] if states[e] == "partial" else []
+                args = args or [f"experiment={e}", f"hydra.run.dir={sweep_dir / e}", *more]
+                run(imagenet_command(gpus, args), dry_run)
+            continue
         if new:
             # One multirun per sweep; each job writes to <sweep_dir>/<experiment>.
             launcher = (
@@ -343,9 +407,18 @@ def evaluate(
     results: dict[str, dict[str, Any]] = {}
     for experiment, run_dir in run_dirs.items():
         for protocol in PROTOCOLS:
+            how = [f"metrics.protocol={protocol}"]
+            if experiment in SWEEPS["imagenet"]:
+                # ImageNet's first 10,000 images are its first few classes: the paper column is
+                # IS and intra-FID (the projection paper's), both over the standard protocol's
+                # samples; the unconditional model has none.
+                if protocol == "paper" and experiment not in IMAGENET_CONDITIONAL:
+                    continue
+                how = ["metrics.protocol=standard"]
+                how += ["metrics.intra_fid=true"] if protocol == "paper" else []
             arguments = [
                 f"checkpoint={run_dir / 'checkpoints' / 'latest.pt'}",
-                f"metrics.protocol={protocol}",
+                *how,
                 f"generators=[{','.join(GENERATORS)}]",
                 *overrides[protocol],
             ]
@@ -365,6 +438,8 @@ def evaluate(
 def _ours(record: dict[str, Any] | None, pending: str) -> str:
     if record is None:
         return pending
+    if "metrics/intra_fid" in record:
+        return f"IS {record['metrics/is']:.2f}, intra-FID {record['metrics/intra_fid']:.2f}"
     return (
         f"{record['metrics/is']:.2f} ± {record['metrics/is_std']:.2f} / {record['metrics/fid']:.2f}"
     )
@@ -417,7 +492,8 @@ def provenance_table(results: dict[str, dict[str, Any]]) -> str:
     for row in ROWS:
         got = results.get(row.experiment) if row.experiment else None
         if got:
-            lines.append(f"| `{row.experiment}` | {_how(got['standard'])} | {_how(got['paper'])} |")
+            paper = _how(got["paper"]) if "paper" in got else "—"
+            lines.append(f"| `{row.experiment}` | {_how(got['standard'])} | {paper} |")
     return "\n".join(lines) + "\n"
 
 
@@ -425,7 +501,7 @@ def render(
     results: dict[str, dict[str, Any]], *, smoke: bool = False, meta: dict[str, str] | None = None
 ) -> str:
     """docs/results.md: our numbers (or what is still to run) next to the published ones."""
-    lines = ["# Results: SN-GAN on CIFAR-10 and STL-10", ""]
+    lines = ["# Results: SN-GAN on CIFAR-10, STL-10 and ImageNet", ""]
     if smoke:
         lines += [
             f"> **{SMOKE_BANNER}.** Tiny networks trained for two iterations on random images",
@@ -503,10 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--jobs", type=int, metavar="N", help="train up to N experiments at once, one GPU each"
     )
+    parser.add_argument("--imagenet", action="store_true", help="also the ImageNet experiments")
+    parser.add_argument(
+        "--gpus", type=int, default=4, help="GPUs (torchrun) of each ImageNet run (default 4)"
+    )
     parser.add_argument("--table-only", action="store_true", help="rewrite the table, run nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
-    only = args.only.split(",") if args.only else list(EXPERIMENTS)
+    default = EXPERIMENTS if args.imagenet else DEFAULT_EXPERIMENTS
+    only = args.only.split(",") if args.only else list(default)
     unknown = sorted(set(only) - set(EXPERIMENTS))
     if unknown:
         parser.error(f"--only: unknown experiments {unknown}; choose from {list(EXPERIMENTS)}")
@@ -534,7 +615,9 @@ def main(argv: list[str] | None = None) -> int:
             for p in PROTOCOLS:
                 eval_overrides[p].append(f"metrics.cache_dir={runs / 'fidelity_cache'}")
         sweep_overrides = SMOKE_SWEEP if args.smoke else {}
-        run_dirs = train(runs, train_overrides, only, args.dry_run, args.jobs, sweep_overrides)
+        run_dirs = train(
+            runs, train_overrides, only, args.dry_run, args.jobs, sweep_overrides, args.gpus
+        )
         results = evaluate(run_dirs, eval_overrides, args.dry_run)
         if args.dry_run:
             return 0

@@ -68,11 +68,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch_fidelity
@@ -84,18 +84,16 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from sngan.extractor_weights import (
-    INCEPTION,
-    VGG16,
-    Network,
-    file_digest,
-    find_weights,
-    safe_weights_file,
-)
+from sngan import atomic
+from sngan.extractor_weights import INCEPTION, VGG16, CheckedWeights, Network, checked_weights
+from sngan.fp32 import full_precision
 from sngan.protocols import Protocol
 from sngan.protocols import protocol as get_protocol
 
 KID_SUBSET_SIZE = 1000
+# A reference larger than this many images has its FID statistics computed chunk by chunk.
+STATISTICS_CHUNK = 50_000
+FID_DIMS = 2048
 # The layers each metric reads: Inception's pool features (FID, KID), its logits without the
 # bias (IS, as the original code), VGG16's second fully connected layer after ReLU (PRC).
 FID_LAYER, IS_LAYER, PRC_LAYER = "2048", "logits_unbiased", "fc2_relu"
@@ -115,6 +113,8 @@ class Evaluator:
     Every argument is checked, and the weights files found and checked, when it is built, before
     any image is generated. ``reference`` is (N, 3, H, W) uint8; its first ``num_real`` images are
     used (all of them for ``standard``); ``reference_name`` names their cached features.
+    ``weights``: the networks' weights as ``checked_weights`` returned them, for a caller that
+    checked them already; the others are found and checked here, from the paths given.
     """
 
     def __init__(
@@ -131,6 +131,12 @@ class Evaluator:
         prc_weights: str | None = None,
         cache_dir: str | None = None,
         device: torch.device | str | None = None,
+        weights: Mapping[Network, CheckedWeights] | None = None,
+        num_real: int | None = None,
+        labels: torch.Tensor | None = None,
+        intra_fid: bool = False,
+        intra_fid_classes: Sequence[int] | None = None,
+        intra_fid_samples: int = 5000,
     ) -> None:
         self.spec: Protocol = get_protocol(protocol, num_samples)
         if batch_size < 1:
@@ -141,7 +147,8 @@ class Evaluator:
                 f"got {tuple(reference.shape)} {reference.dtype}"
             )
         spec = self.spec
-        self.num_real = min(spec.num_real or len(reference), len(reference))
+        wanted = num_real if num_real is not None else spec.num_real
+        self.num_real = min(wanted or len(reference), len(reference))
         if self.num_real < 2:
             raise ValueError(f"FID needs at least 2 reference images, got {len(reference)}")
         if spec.num_real is not None and self.num_real < spec.num_real:
@@ -156,16 +163,32 @@ class Evaluator:
             raise ValueError(f"torch-fidelity runs on 'cpu' or 'cuda', got device={self.device}")
         self.batch_size, self.kid, self.prc = batch_size, kid, prc
         self.cache_dir = Path(cache_dir) if cache_dir else _fidelity_cache()
-        self.real = reference[: self.num_real].cpu().contiguous()
+        # The images compared with: the protocol's first num_real (all for standard), or, for
+        # metrics.num_real, a fixed random subset (a store lists its images class by class).
+        self.real = reference.cpu()  # not copied: a store's images stay a memory map
+        self.real_index: torch.Tensor | None = None
+        if num_real is not None and self.num_real < len(reference):
+            pick = torch.randperm(len(reference), generator=torch.Generator().manual_seed(0))
+            self.real_index = pick[: self.num_real].sort().values
+        elif self.num_real < len(reference):
+            self.real_index = torch.arange(self.num_real)
+        self.labels = labels.cpu() if labels is not None else None
+        if intra_fid and (self.labels is None or len(self.labels) != len(reference)):
+            raise ValueError("intra-FID needs the reference's labels, one per image")
+        self.intra_fid, self.intra_fid_samples = intra_fid, intra_fid_samples
+        self.intra_fid_classes = list(intra_fid_classes) if intra_fid_classes else None
         self.reference_name = reference_name
-        # Found and checked now, so that a bad file fails before training, not after it.
+        # Found and checked now, so that a bad file fails before training, not after it (or
+        # checked already: a training job does it at its start, sngan.job).
         given = {INCEPTION: inception_weights, VGG16: prc_weights}
+        checked = dict(weights or {})
         self.weights: dict[Network, Path] = {}  # the checked copies torch-fidelity loads
         self.digests: dict[Network, str] = {}  # of the files as given: they name the cache
         for network in (INCEPTION, VGG16) if prc else (INCEPTION,):
-            original = find_weights(given[network], network)
-            self.weights[network] = safe_weights_file(original, network=network)
-            self.digests[network] = file_digest(original)[:8]
+            if network not in checked:
+                checked[network] = checked_weights(given[network], network)
+            self.weights[network] = checked[network].copy
+            self.digests[network] = checked[network].digest
         self._reference: dict[str, object] = {}
 
     def __call__(self, G: torch.nn.Module, seed: int = 0) -> dict[str, float]:
@@ -221,7 +244,43 @@ class Evaluator:
             "metrics/num_fake_is": spec.num_fake_for_is,
             "metrics/num_real": self.num_real,
         }
-        return {k: float(v) for k, v in result.items()}
+        result = {k: float(v) for k, v in result.items()}
+        if self.intra_fid:
+            by_class = self.intra_fid_by_class(G, seed)
+            result["metrics/intra_fid"] = sum(by_class.values()) / len(by_class)
+            result["metrics/intra_fid_classes"] = float(len(by_class))
+            result["intra_fid_by_class"] = by_class
+        return result
+
+    def intra_fid_by_class(self, G: torch.nn.Module, seed: int = 0) -> dict[str, float]:
+        """Each class's FID: ``intra_fid_samples`` images of G drawn with that label (z from
+        ``seed``) against every reference image of that class, as the projection paper's
+        intra-FID (sngan_projection's evaluations/calc_intra_FID.py: 5,000 per class)."""
+        assert self.labels is not None
+        classes = self.intra_fid_classes or range(int(G.num_classes))
+        modes = {module: module.training for module in G.modules()}
+        cuda = self.device.type == "cuda"
+        on_device = torch.cuda.device(self.device) if cuda else contextlib.nullcontext()
+        out = {}
+        try:
+            G.eval()
+            with on_device, full_precision(self.device):
+                for c in classes:
+                    index = torch.nonzero(self.labels == c).flatten()
+                    if len(index) < 2:
+                        raise ValueError(f"intra-FID: class {c} has {len(index)} reference images")
+                    real = self._dataset_features(INCEPTION, index)[FID_LAYER]
+                    fake = self._features(INCEPTION, G, self.intra_fid_samples, seed, label=c)
+                    fid = fid_statistics_to_metric(
+                        fid_features_to_statistics(fake[FID_LAYER]),
+                        fid_features_to_statistics(real),
+                        verbose=False,
+                    )
+                    out[str(c)] = float(fid[torch_fidelity.KEY_METRIC_FID])
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+        return out
 
     def _extractor(self, network: Network) -> torch.nn.Module:
         """The network, built on first use and kept for the process (per weights and device):
@@ -239,11 +298,12 @@ class Evaluator:
         return _EXTRACTORS[key]
 
     def _features(
-        self, network: Network, G: torch.nn.Module, num: int, seed: int
+        self, network: Network, G: torch.nn.Module, num: int, seed: int, label: int | None = None
     ) -> dict[str, torch.Tensor]:
-        """The network's features of ``num`` samples of G, by layer (CPU tensors)."""
+        """The network's features of ``num`` samples of G (all of class ``label`` if given), by
+        layer (CPU tensors)."""
         return torch_fidelity.utils.get_featuresdict_from_generative_model(
-            Samples(G, seed, self.device),
+            Samples(G, seed, self.device, label),
             self._extractor(network),
             num,
             self.batch_size,
@@ -258,19 +318,56 @@ class Evaluator:
             stats = read_cache(self._cache_path(INCEPTION, f"stat-fid-{FID_LAYER}"))
             if not (isinstance(stats, dict) and stats.keys() == {"mu", "sigma"}):
                 stats = None
-            if stats is None or self.kid:
-                features = self._features_of_reference(INCEPTION, FID_LAYER)
-                if self.kid:
-                    self._reference[FID_LAYER] = features
-                if stats is None:
-                    # np.cov of 50k x 2048 takes seconds: done once per reference, then read.
-                    numpy_stats = fid_features_to_statistics(features)
-                    stats = {k: torch.from_numpy(v) for k, v in numpy_stats.items()}
-                    write_cache(stats, self._cache_path(INCEPTION, f"stat-fid-{FID_LAYER}"))
+            if self.kid:
+                self._reference[FID_LAYER] = self._features_of_reference(INCEPTION, FID_LAYER)
+            if stats is None:
+                stats = self._reference_statistics()
+                write_cache(stats, self._cache_path(INCEPTION, f"stat-fid-{FID_LAYER}"))
             self._reference["fid"] = {k: v.numpy() for k, v in stats.items()}
             if self.prc:
                 self._reference[PRC_LAYER] = self._features_of_reference(VGG16, PRC_LAYER)
         return self._reference
+
+    def _reference_statistics(self) -> dict[str, torch.Tensor]:
+        """The reference's FID mean and covariance (as ``np.cov``: unbiased), computed once per
+        reference, then cached. A reference of up to ``STATISTICS_CHUNK`` images goes through
+        torch-fidelity's own statistics; a larger one (ImageNet's 1.28 M) in one streaming pass
+        of chunks, summing the features and their outer products in float64, so that its
+        features (10 GB for ImageNet) are never held at once."""
+        index = self._used()
+        if FID_LAYER in self._reference or len(index) <= STATISTICS_CHUNK:
+            features = self._reference.get(FID_LAYER)
+            if features is None:
+                features = self._features_of_reference(INCEPTION, FID_LAYER)  # cached too
+            return {k: torch.from_numpy(v) for k, v in fid_features_to_statistics(features).items()}
+        from tqdm import tqdm
+
+        total = torch.zeros(FID_DIMS, dtype=torch.float64)
+        outer = torch.zeros(FID_DIMS, FID_DIMS, dtype=torch.float64)
+        chunks = list(torch.split(index, STATISTICS_CHUNK))
+        for chunk in tqdm(chunks, desc="reference statistics", unit="chunk", dynamic_ncols=True):
+            features = self._dataset_features(INCEPTION, chunk)[FID_LAYER].double()
+            total += features.sum(0)
+            outer += features.T @ features
+        n = len(index)
+        mu = total / n
+        sigma = (outer - n * torch.outer(mu, mu)) / (n - 1)
+        return {"mu": mu, "sigma": sigma}
+
+    def _used(self) -> torch.Tensor:
+        """The indices of the reference images compared with."""
+        return self.real_index if self.real_index is not None else torch.arange(self.num_real)
+
+    def _dataset_features(self, network: Network, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's features of reference images ``index``, by layer (CPU tensors)."""
+        return torch_fidelity.utils.get_featuresdict_from_dataset(
+            _ImageDataset(self.real, index),
+            self._extractor(network),
+            self.batch_size,
+            self.device.type == "cuda",
+            True,  # save_cpu_ram: no DataLoader workers, indexing an in-memory tensor is free
+            False,
+        )
 
     def _features_of_reference(self, network: Network, layer: str) -> torch.Tensor:
         """The reference's (num_real, D) features at ``layer``, from the cache or computed."""
@@ -278,21 +375,20 @@ class Evaluator:
         features = read_cache(path)
         if isinstance(features, torch.Tensor) and features.shape[0] == self.num_real:
             return features
-        features = torch_fidelity.utils.get_featuresdict_from_dataset(
-            _ImageDataset(self.real),
-            self._extractor(network),
-            self.batch_size,
-            self.device.type == "cuda",
-            True,  # save_cpu_ram: no DataLoader workers, indexing an in-memory tensor is free
-            False,
-        )[layer]
+        features = self._dataset_features(network, self._used())[layer]
         write_cache(features, path)
         return features
+
+    def _digest(self) -> str:
+        """A short hash of the pixels compared with (names their cached statistics), once."""
+        if not hasattr(self, "_pixels_digest"):
+            self._pixels_digest = tensor_digest(self.real, self._used())
+        return self._pixels_digest
 
     def _cache_path(self, network: Network, what: str) -> Path:
         """torch-fidelity's cache naming: <reference>-<network>-<what>.pt; the reference's name
         holds its size, a hash of its pixels and of the weights, so nothing stale is read."""
-        reference = [_slug(self.reference_name), f"n{self.num_real}", tensor_digest(self.real)]
+        reference = [_slug(self.reference_name), f"n{self.num_real}", self._digest()]
         name = "-".join([*reference, f"w{self.digests[network]}", network.name, what])
         return self.cache_dir / f"{name}.pt"
 
@@ -308,10 +404,7 @@ def read_cache(path: Path) -> object | None:
 
 def write_cache(item: object, path: Path) -> None:
     """Store a cache entry: whole or absent (a killed write leaves no half file under its name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(item, tmp)
-    tmp.replace(path)
+    atomic.write_atomic(path, lambda f: torch.save(item, f), needed=atomic.payload_bytes(item))
 
 
 # The feature extractors this process has built, by (network, weights file, device).
@@ -319,47 +412,25 @@ _EXTRACTORS: dict[tuple[str, str, str], torch.nn.Module] = {}
 
 
 def evaluate(
-    G: torch.nn.Module,
-    reference: torch.Tensor,
-    *,
-    reference_name: str,
-    protocol: str = "standard",
-    num_samples: int | None = None,
-    batch_size: int = 250,
-    kid: bool = False,
-    prc: bool = False,
-    inception_weights: str | None = None,
-    prc_weights: str | None = None,
-    cache_dir: str | None = None,
-    device: torch.device | str | None = None,
-    seed: int = 0,
+    G: torch.nn.Module, reference: torch.Tensor, *, seed: int = 0, **settings: Any
 ) -> dict[str, float]:
-    """The metrics of ``G`` against ``reference``: an ``Evaluator`` built and used once."""
-    evaluator = Evaluator(
-        reference,
-        reference_name=reference_name,
-        protocol=protocol,
-        num_samples=num_samples,
-        batch_size=batch_size,
-        kid=kid,
-        prc=prc,
-        inception_weights=inception_weights,
-        prc_weights=prc_weights,
-        cache_dir=cache_dir,
-        device=device,
-    )
-    return evaluator(G, seed)
+    """The metrics of ``G`` against ``reference``: an ``Evaluator(reference, **settings)`` built
+    and used once."""
+    return Evaluator(reference, **settings)(G, seed)
 
 
 class Samples(GenerativeModelBase):
     """G as torch-fidelity's generative model: noise (and labels) in, uint8 images out."""
 
-    def __init__(self, G: torch.nn.Module, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, G: torch.nn.Module, seed: int, device: torch.device, label: int | None = None
+    ) -> None:
         super().__init__()
         self.G = G
         self.device = device
         self.classes = int(getattr(G, "num_classes", 0))
         self.labels = torch.Generator().manual_seed(seed)
+        self.label = label  # every image of this class (intra-FID); None: uniform labels
 
     @property
     def z_size(self) -> int:
@@ -377,8 +448,11 @@ class Samples(GenerativeModelBase):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z.to(self.device)  # (B, z_dim)
         if self.classes > 0:
-            y = torch.randint(self.classes, (len(z),), generator=self.labels).to(self.device)
-            x = self.G(z, y)
+            if self.label is None:
+                y = torch.randint(self.classes, (len(z),), generator=self.labels)
+            else:
+                y = torch.full((len(z),), self.label, dtype=torch.int64)
+            x = self.G(z, y.to(self.device))
         else:
             x = self.G(z)
         if x.dim() != 4 or x.shape[:2] != (len(z), 3):
@@ -387,16 +461,17 @@ class Samples(GenerativeModelBase):
 
 
 class _ImageDataset(Dataset):
-    """(N, 3, H, W) uint8 images as the Dataset torch-fidelity reads a reference set from."""
+    """Images ``index`` of (N, 3, H, W) uint8 ones, as the Dataset torch-fidelity reads a
+    reference set from (one at a time: a memory-mapped store is never copied whole)."""
 
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
+    def __init__(self, images: torch.Tensor, index: torch.Tensor) -> None:
+        self.images, self.index = images, index.tolist()
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+        return self.images[self.index[i]]
 
 
 def _default_device() -> str:
@@ -407,22 +482,6 @@ def _fidelity_cache() -> Path:
     return Path(torch.hub.get_dir()).parent / "fidelity_cache"
 
 
-@contextlib.contextmanager
-def full_precision(device: torch.device) -> Iterator[None]:
-    """Plain FP32 inside, whatever autocast or TF32 the caller (e.g. the training loop) enabled.
-
-    TF32 convolutions (PyTorch's default on Ampere and later) move Inception's features, and so
-    FID, by amounts that depend on the GPU; the metrics should not depend on who called them.
-    """
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.autocast(device.type, enabled=False):
-            yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def _slug(name: str) -> str:
     """``name`` made safe for a file name; the hash keeps distinct names (e.g. paths) apart."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.") or "reference"
@@ -431,6 +490,14 @@ def _slug(name: str) -> str:
     return slug
 
 
-def tensor_digest(images: torch.Tensor) -> str:
-    """A short hash of a uint8 image tensor's bytes (names its cached features)."""
-    return hashlib.blake2b(images.numpy().data, digest_size=6).hexdigest()
+def tensor_digest(images: torch.Tensor, index: torch.Tensor | None = None) -> str:
+    """A short hash of a uint8 image tensor's bytes (of the images ``index``, if given), read in
+    chunks: a memory-mapped store of any size is hashed without being copied whole."""
+    digest = hashlib.blake2b(digest_size=6)
+    if index is None:
+        for chunk in torch.split(images.flatten(), 1 << 28):
+            digest.update(chunk.contiguous().numpy().data)
+    else:
+        for part in torch.split(index, 4096):
+            digest.update(images.index_select(0, part).contiguous().numpy().data)
+    return digest.hexdigest()

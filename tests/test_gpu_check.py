@@ -22,9 +22,9 @@ from conftest import GPU_CHECK, run_gpu_check
 from sngan import checkpoint
 
 SCRIPT = GPU_CHECK
-STEPS = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f"]
+STEPS = ["1", "2", "3", "4", "5", "6a", "6b", "6c", "6d", "6e", "6f", "7"]
 SMOKE_VARIANT = "6d"  # no-channels-last: the one fast path on by default on the CPU
-STATUS = re.compile(r"ok|FAIL(\(timeout\))?|skipped\((time|smoke)\)")
+STATUS = re.compile(r"ok|FAIL(\(timeout\))?|skipped\((time|smoke|--steps)\)")
 P1, P2 = 4, 8  # the smoke run trains to P1, then resumes to P2 (scripts/gpu_check.sh)
 LINE_LIMIT = 2000  # the device tool's command line
 Result = subprocess.CompletedProcess
@@ -78,6 +78,9 @@ def test_every_step_writes_its_output(smoke):
         "5_bench_eval.log",
         "5_bench_eval.json",
         "6_no-channels-last.log",
+        "7_imagenet.log",
+        "7_imagenet_gpu.json",
+        "7_imagenet_global.json",
         "6_no-channels-last.json",
         "steps.tsv",
         "summary.txt",
@@ -165,6 +168,18 @@ def test_no_time_left_skips_every_step_and_packs(tmp_path):
     assert files == ["gpu_check.tar.gz", "steps.tsv", "summary.json", "summary.txt"]
     with tarfile.open(out / "gpu_check.tar.gz") as tar:
         assert "./steps.tsv" in tar.getnames()
+
+
+def test_steps_runs_only_the_steps_named(tmp_path):
+    """--steps 1: the versions, every other step recorded as skipped(--steps)."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = run_gpu_check("--cpu-smoke", "--steps", "1", out=out, work=work, timeout=300)
+    rows = table(proc.stdout)
+    assert [r[0] for r in rows] == STEPS
+    for step, status, *_ in rows:
+        smoke_only = step.startswith("6") and step != SMOKE_VARIANT  # CUDA-only variants
+        expected = "ok" if step == "1" else "skipped(smoke)" if smoke_only else "skipped(--steps)"
+        assert status == expected, (step, status)
 
 
 def test_one_line_invocation_fits_the_device_tool():

@@ -236,3 +236,37 @@ def test_published_numbers_are_the_cited_ones():
     assert stl10.published_paper == "9.10 / 40.1 [p]"  # SN-GAN Table 2, STL-10 (the issue's)
     assert stl10.published_standard == "8.04 ± 0.07 / 39.56 ± 0.10 [m]"  # Mimicry, STL-10 48
     assert "8.25 ± 0.13 / 10.84 ± 0.03 [m]" in by_experiment["sngan_resnet_cond"].published_standard
+    imagenet = {e: by_experiment[e] for e in reproduce.SWEEPS["imagenet"]}
+    assert "IS 21.1 ± 0.35 [p, §4.2]" in imagenet["sngan_imagenet128_concat"].published_paper
+    projection = imagenet["sngan_imagenet128_projection"]
+    assert "IS 29.7, intra-FID 103.1 (450K)" in projection.published_paper  # Miyato & Koyama
+    assert "IS 36.8, intra-FID 92.4 (850K)" in projection.published_paper
+    assert "IS 32.25 / FID 26.79 [g]" in projection.published_standard  # StudioGAN
+    assert "IS 30.07 / FID 32.62 [x]" in projection.published_standard  # mmgeneration
+    assert "FID 27.62 [a]" in projection.published_standard  # SAGAN's quote
+    assert (
+        "IS 13.05 / FID 65.74, KID 0.0663 [m]" in imagenet["sngan_imagenet128"].published_standard
+    )
+
+
+def test_imagenet_runs_under_torchrun_and_only_when_asked(tmp_path, monkeypatch):
+    assert not set(reproduce.SWEEPS["imagenet"]) & set(reproduce.DEFAULT_EXPERIMENTS)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "run", lambda cmd, dry_run=False: commands.append(cmd))
+    only = ["sngan_imagenet128_projection"]
+    run_dirs = reproduce.train(tmp_path, ["data.root=/imagenet"], only, False, gpus=4)
+    run_dir = tmp_path / "imagenet" / "sngan_imagenet128_projection"
+    assert run_dirs == {"sngan_imagenet128_projection": run_dir}
+    assert commands == [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=4",
+            "-m",
+            "sngan.cli",
+            "experiment=sngan_imagenet128_projection",
+            f"hydra.run.dir={run_dir}",
+            "data.root=/imagenet",
+        ]
+    ]
