@@ -206,6 +206,23 @@ def toy_reference(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ((images + 1) * 127.5).round().to(torch.uint8), labels
 
 
+def toy_evaluator(reference, labels, cache, weights, **settings):
+    """An intra-FID Evaluator of the toy reference, with the tests' random Inception weights."""
+    from sngan import metrics
+
+    return metrics.Evaluator(
+        reference,
+        reference_name="toy",
+        labels=labels,
+        intra_fid=True,
+        batch_size=12,
+        inception_weights=str(weights),
+        cache_dir=str(cache),
+        device="cpu",
+        **settings,
+    )
+
+
 def test_intra_fid_is_each_classes_fid_computed_by_hand(tmp_path, inception_weights):
     """Per class: the Inception features of that class's reference images, taken here by hand
     with the extractor, against those of the samples of that class (Inception on a CPU costs
@@ -213,17 +230,13 @@ def test_intra_fid_is_each_classes_fid_computed_by_hand(tmp_path, inception_weig
     from sngan import metrics
 
     reference, labels = toy_reference(4)
-    evaluator = metrics.Evaluator(
+    evaluator = toy_evaluator(
         reference,
-        reference_name="toy",
-        labels=labels,
-        intra_fid=True,
+        labels,
+        tmp_path,
+        inception_weights,
         intra_fid_samples=3,
         intra_fid_classes=[0, 2],
-        batch_size=12,
-        inception_weights=str(inception_weights),
-        cache_dir=str(tmp_path),
-        device="cpu",
     )
     G = ClassColours()
     got = evaluator.intra_fid_by_class(G, seed=1)
@@ -240,20 +253,9 @@ def test_intra_fid_is_each_classes_fid_computed_by_hand(tmp_path, inception_weig
 def test_a_record_carries_the_mean_intra_fid_and_the_classes(
     tmp_path, inception_weights, monkeypatch
 ):
-    from sngan import metrics
 
     reference, labels = toy_reference(4)
-    evaluator = metrics.Evaluator(
-        reference,
-        reference_name="toy",
-        labels=labels,
-        intra_fid=True,
-        num_samples=10,
-        batch_size=10,
-        inception_weights=str(inception_weights),
-        cache_dir=str(tmp_path),
-        device="cpu",
-    )
+    evaluator = toy_evaluator(reference, labels, tmp_path, inception_weights, num_samples=10)
     by_class = {"0": 10.0, "1": 20.0, "2": 60.0}
     monkeypatch.setattr(evaluator, "intra_fid_by_class", lambda G, seed: by_class)
     record = evaluator(ClassColours(), seed=1)

@@ -18,34 +18,9 @@ import sngan.extractor_weights
 from sngan import runlock
 from sngan.cli import train_main
 
-PLAIN = """
-import json, sys
-sys.argv = ["sngan-train", *sys.argv[1:]]
-from sngan.cli import train_main
-
-try:
-    train_main()
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-print("MODULES " + json.dumps({"code": code, "end": sorted(sys.modules), "grid": []}))
-"""
-
-DRIVER = """
-import json, sys
-import sngan.runlog
-
-# What had been imported when the first sample grid was drawn, and at the end.
-first_grid = []
-draw = sngan.runlog.RunLog.sample_grids
-
-def sample_grids(self, *args, **kwargs):
-    if not first_grid:
-        first_grid.append(sorted(sys.modules))
-    return draw(self, *args, **kwargs)
-
-sngan.runlog.RunLog.sample_grids = sample_grids
+# sngan-train, then one JSON line: its exit status and the modules it had imported at its end
+# (and, where the spy below is installed, at its first sample grid).
+RUN = """
 sys.argv = ["sngan-train", *sys.argv[1:]]
 from sngan.cli import train_main
 
@@ -57,6 +32,24 @@ else:
     code = 0
 print("MODULES " + json.dumps({"code": code, "end": sorted(sys.modules), "grid": first_grid}))
 """
+PLAIN = "import json, sys\nfirst_grid = []\n" + RUN
+DRIVER = (
+    """
+import json, sys
+import sngan.runlog
+
+first_grid = []
+draw = sngan.runlog.RunLog.sample_grids
+
+def sample_grids(self, *args, **kwargs):
+    if not first_grid:
+        first_grid.append(sorted(sys.modules))
+    return draw(self, *args, **kwargs)
+
+sngan.runlog.RunLog.sample_grids = sample_grids
+"""
+    + RUN
+)
 
 HEAVY = ("torch", "torchvision", "torch_fidelity", "tensorboard", "scipy")
 
