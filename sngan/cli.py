@@ -211,7 +211,7 @@ def prepare_main(argv: list[str] | None = None) -> None:
         f"sngan-prepare: {store.path}: {n} images of 3x{h}x{w} "
         f"({atomic.describe_bytes(store.nbytes)}), labels and class names in "
         f"{store.path.with_suffix('.json').name}"
-        + (f"; {len(store.left_out)} unreadable images left out" if store.left_out else "")
+        + (f"; unreadable images left out: {len(store.left_out)}" if store.left_out else "")
     )
 
 
