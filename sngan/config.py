@@ -274,7 +274,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         0 <= o.lr_decay_start < cfg.iterations,
         "optim.lr_decay_start",
         o.lr_decay_start,
-        f"must be in 0..{cfg.iterations - 1} (iterations={cfg.iterations})",
+        f"must be in 0..{cfg.iterations - 1}, below iterations={cfg.iterations}, where the "
+        "linear decay reaches 0 (a preset run for fewer iterations needs it lowered too)",
     )
     _check(
         d.classes is None or d.classes >= 1,

@@ -136,6 +136,15 @@ def cli_error(monkeypatch, capsys, *args: str, prog=train_main) -> str:
         ),
         ("model.z_dim=0", "model.z_dim=0 is not valid: must be an integer >= 1"),
         ("nan_policy=ignore", "nan_policy='ignore' is not valid: choose one of stop, skip"),
+        (
+            "optim.lr_decay_start=4",  # TINY runs 4 iterations: the decay would never begin
+            "optim.lr_decay_start=4 is not valid: must be in 0..3, below iterations=4, where the "
+            "linear decay reaches 0 (a preset run for fewer iterations needs it lowered too)",
+        ),
+        (
+            "data.residence=gpu",
+            "data.residence='gpu' is not valid: choose one of auto, device, host",
+        ),
     ],
 )
 def test_values_that_cannot_work(tmp_path, monkeypatch, capsys, override, message):
