@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sngan import distributed
 from sngan.batches import BatchStream, HostBatchStream, choose_residence
 from sngan.config import ConfigError, MetricsConfig, TrainConfig
-from sngan.data import load_images, source_store
+from sngan.data import as_tensors, load_images, source_store
 from sngan.guard import UpdateGuard
 from sngan.image_store import Store
 from sngan.losses import get_loss
@@ -65,15 +65,37 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def training_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cfg.data``'s images, uint8 (N, 3, H, W), and labels (N,); bad data is a ConfigError.
+@dataclass(frozen=True)
+class TrainingSet:
+    """The training images, their labels, and the identity that names their cached statistics."""
 
-    Images from an image store are a view of its memory map (``sngan.image_store``)."""
+    images: torch.Tensor  # (N, 3, H, W) uint8; a view of the store's memory map where there is one
+    labels: torch.Tensor  # (N,) int64
+    # An image store's key digest: it identifies the pixels, so the metrics name their cache by
+    # it instead of hashing ImageNet's 58.6 GiB (a minute) at every start. None: hash the pixels.
+    digest: str | None = None
+
+
+def training_set(cfg: TrainConfig) -> TrainingSet:
+    """``cfg.data``'s images, labels and digest, read or prepared now; bad data is a
+    ConfigError. Images from an image store are a view of its memory map."""
+    store = training_store(cfg)
+    if store is not None:
+        return TrainingSet(*as_tensors(store), digest=store.digest)
     d = cfg.data
     try:
-        return load_images(d.source, num_images=d.num_images, seed=cfg.seed, **_source(cfg))
+        images, labels = load_images(
+            d.source, num_images=d.num_images, seed=cfg.seed, **_source(cfg)
+        )
     except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
         raise ConfigError(str(e)) from e
+    return TrainingSet(images, labels)
+
+
+def training_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``training_set``'s images, uint8 (N, 3, H, W), and labels (N,)."""
+    data = training_set(cfg)
+    return data.images, data.labels
 
 
 def training_store(cfg: TrainConfig) -> Store | None:
@@ -168,10 +190,11 @@ def build_evaluator(
     device: torch.device | str | None,
     weights: dict[Network, CheckedWeights] | None = None,
     labels: torch.Tensor | None = None,
+    digest: str | None = None,
 ) -> Evaluator:
     """``sngan.metrics.Evaluator`` with the settings of a ``metrics`` config section;
     ``weights`` as ``checked_weights_files`` returned them (None: checked here); ``labels``
-    the reference's (intra-FID)."""
+    the reference's (intra-FID); ``digest`` its identity, as ``TrainingSet.digest``."""
     from sngan.metrics import Evaluator
 
     return Evaluator(
@@ -181,6 +204,7 @@ def build_evaluator(
         num_samples=settings.num_samples,
         num_real=settings.num_real,
         labels=labels,
+        reference_digest=digest,
         intra_fid=settings.intra_fid,
         intra_fid_classes=settings.intra_fid_classes,
         intra_fid_samples=settings.intra_fid_samples,

@@ -96,11 +96,11 @@ def evaluate_checkpoint(args: EvalConfig) -> list[dict[str, Any]]:
     if args.data_root is not None:
         cfg.data.root = args.data_root
     check_intra_fid("metrics", args.metrics, cfg.model.num_classes)
-    reference, labels = build.training_images(cfg)
+    data = build.training_set(cfg)
     bn_stats = bn_stats or cfg.optim.ema_bn_stats
     nets = generators(state, cfg, names, device, bn_stats, args.checkpoint)
     evaluator = build.build_evaluator(
-        args.metrics, reference, reference_name(cfg), device, weights, labels
+        args.metrics, data.images, reference_name(cfg), device, weights, data.labels, data.digest
     )
     how = how_made(args.metrics.protocol, bn_stats, state.get("fast_paths"))
     records = evaluate_generators(evaluator, nets, seed=args.seed, how=how)

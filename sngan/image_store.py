@@ -105,6 +105,7 @@ class Store:
     labels: np.ndarray  # (N,) int64
     classes: list[str]
     left_out: list[str]  # why each unreadable source image is not in the store
+    digest: str  # of its key (the files' names, sizes, mtimes; size; transform): its identity
 
     @property
     def nbytes(self) -> int:
@@ -149,7 +150,9 @@ def open_store(stem: Path, digest: str, shape: tuple[int, int, int, int]) -> Sto
             stacklevel=4,
         )
         return None
-    return Store(p["npy"], images[:count], labels, list(meta["classes"]), list(meta["left_out"]))
+    return Store(
+        p["npy"], images[:count], labels, list(meta["classes"]), list(meta["left_out"]), digest
+    )
 
 
 def load_or_prepare(
@@ -183,7 +186,7 @@ def load_or_prepare(
             "the images are decoded into memory, and the next run will decode them again",
             stacklevel=4,
         )
-        return _in_memory(shape, labels, classes, fills)
+        return _in_memory(shape, labels, classes, fills, digest)
     with lock, _holding(lock, stem):
         # Another process (a rank of this node, a run beside this one) may have prepared it
         # while this one waited for the lock.
@@ -198,6 +201,7 @@ def _in_memory(
     labels: np.ndarray,
     classes: list[str],
     fills: Callable[[int, int], Fill],
+    digest: str,
 ) -> Store:
     """The store's images decoded into memory, in this process: where none can be written."""
     images = np.zeros(shape, dtype=np.uint8)
@@ -207,7 +211,7 @@ def _in_memory(
         images[start : start + len(rows)] = rows
         bad.update((start + i, why) for i, why in chunk_bad)
     kept = _compact(images, labels.copy(), bad)
-    return Store(None, images[: len(kept)], kept, classes, _left_out(bad))
+    return Store(None, images[: len(kept)], kept, classes, _left_out(bad), digest)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@
    that holds checkpoints;
 4. the metrics' weights files, found and checked (``build.checked_weights_files``), when metrics
    are on;
-5. the training data, read or prepared (``build.training_images``), and what only the data can
+5. the training data, read or prepared (``build.training_set``), and what only the data can
    tell about the config (``build.check_fits``);
 6. a new run directory is made and locked, last.
 
@@ -45,8 +45,7 @@ class Job:
     saved: dict[str, Any] | None = None  # the checkpoint to resume from (None: a new run)
     saved_path: Path | None = None
     weights: dict[Network, CheckedWeights] = field(default_factory=dict)  # {}: metrics off
-    images: torch.Tensor | None = None  # (N, 3, H, W) uint8; None when nothing is left to train
-    labels: torch.Tensor | None = None  # (N,) int64
+    data: build.TrainingSet | None = None  # None when nothing is left to train
 
     @property
     def finished(self) -> bool:
@@ -71,8 +70,8 @@ def prepare_job(cfg: TrainConfig, run_dir: str | Path) -> Job:
         return job
     if cfg.metrics.enabled:
         job.weights = build.checked_weights_files(cfg.metrics)
-    job.images, job.labels = build.training_images(cfg)
-    build.check_fits(cfg, distributed.Context.from_env(), device, job.labels)
+    job.data = build.training_set(cfg)
+    build.check_fits(cfg, distributed.Context.from_env(), device, job.data.labels)
     if main and not existing:
         runlock.hold(run_dir)  # makes the directory: only now that everything has passed
     return job

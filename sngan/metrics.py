@@ -112,7 +112,9 @@ class Evaluator:
 
     Every argument is checked, and the weights files found and checked, when it is built, before
     any image is generated. ``reference`` is (N, 3, H, W) uint8; its first ``num_real`` images are
-    used (all of them for ``standard``); ``reference_name`` names their cached features.
+    used (all of them for ``standard``); ``reference_name`` names their cached features, with a
+    hash of their pixels, or of ``reference_digest`` where the caller knows their identity (an
+    image store's key digest: hashing ImageNet's pixels takes a minute).
     ``weights``: the networks' weights as ``checked_weights`` returned them, for a caller that
     checked them already; the others are found and checked here, from the paths given.
     """
@@ -134,6 +136,7 @@ class Evaluator:
         weights: Mapping[Network, CheckedWeights] | None = None,
         num_real: int | None = None,
         labels: torch.Tensor | None = None,
+        reference_digest: str | None = None,
         intra_fid: bool = False,
         intra_fid_classes: Sequence[int] | None = None,
         intra_fid_samples: int = 5000,
@@ -178,6 +181,7 @@ class Evaluator:
         self.intra_fid, self.intra_fid_samples = intra_fid, intra_fid_samples
         self.intra_fid_classes = list(intra_fid_classes) if intra_fid_classes else None
         self.reference_name = reference_name
+        self.reference_digest = reference_digest
         # Found and checked now, so that a bad file fails before training, not after it (or
         # checked already: a training job does it at its start, sngan.job).
         given = {INCEPTION: inception_weights, VGG16: prc_weights}
@@ -380,9 +384,16 @@ class Evaluator:
         return features
 
     def _digest(self) -> str:
-        """A short hash of the pixels compared with (names their cached statistics), once."""
+        """A short hash of the images compared with (names their cached statistics), once: of
+        their pixels, or of the given ``reference_digest`` (an image store's key, which
+        identifies its pixels) and the indices used."""
         if not hasattr(self, "_pixels_digest"):
-            self._pixels_digest = tensor_digest(self.real, self._used())
+            if self.reference_digest is None:
+                self._pixels_digest = tensor_digest(self.real, self._used())
+            else:
+                digest = hashlib.blake2b(self.reference_digest.encode(), digest_size=6)
+                digest.update(self._used().numpy().tobytes())
+                self._pixels_digest = digest.hexdigest()
         return self._pixels_digest
 
     def _cache_path(self, network: Network, what: str) -> Path:

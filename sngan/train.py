@@ -236,17 +236,24 @@ def train(cfg: TrainConfig, run_dir: str | Path, job: Job | None = None) -> dict
     if job.finished:
         print(f"sngan: {job.saved_path} is at iteration {cfg.iterations} already; nothing to train")
         return {}
-    e, o = cfg.metrics, cfg.optim
+    e, o, data = cfg.metrics, cfg.optim, job.data
+    assert data is not None  # prepare_job reads the data of every run that has iterations left
 
     # Evaluation against the training images (Inception is loaded at the first evaluation, once).
     evaluator = None
     if e.enabled and ctx.is_main:
         evaluator = build.build_evaluator(
-            e, job.images, evaluation.reference_name(cfg), device, job.weights, job.labels
+            e,
+            data.images,
+            evaluation.reference_name(cfg),
+            device,
+            job.weights,
+            data.labels,
+            data.digest,
         )
 
     # Networks, optimisers, schedules, the batch stream, the fast paths; the fixed z of grids.
-    s = build_train_state(cfg, job.images, job.labels, device, ctx)
+    s = build_train_state(cfg, data.images, data.labels, device, ctx)
     m = cfg.model
     # 8x8; conditional: a row per class, the same 8 z in every row (models.latent.grid_latents).
     fixed_z, fixed_y = grid_latents(

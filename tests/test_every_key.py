@@ -96,7 +96,7 @@ def stub_evaluator(mp: pytest.MonkeyPatch) -> None:
     evaluation, G_ema's falls: best.pt then follows the first or the last evaluation."""
     calls: dict[bool, int] = {True: 0, False: 0}
 
-    def build_evaluator(settings, reference, name, device, weights=None, labels=None):
+    def build_evaluator(settings, reference, name, device, weights=None, labels=None, digest=None):
         def evaluate(G, seed=0):
             calls[G.training] += 1
             n = calls[G.training]
@@ -747,7 +747,7 @@ def evaluated(ctx, *args: str) -> tuple[list[dict], list[dict]]:
 
     built: list[dict] = []
 
-    def build_evaluator(settings, reference, name, device, weights=None, labels=None):
+    def build_evaluator(settings, reference, name, device, weights=None, labels=None, digest=None):
         built.append({"settings": settings, "reference": len(reference)})
 
         def evaluate(G, seed=0):

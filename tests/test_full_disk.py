@@ -103,7 +103,7 @@ def fail_writes_of(monkeypatch, name: str, nth: int = 1) -> list[Path]:
 def stub_metrics(monkeypatch) -> None:
     """Evaluations without Inception: a number made from G's weights (metrics.jsonl is written)."""
 
-    def build_evaluator(settings, reference, name, device, weights=None, labels=None):
+    def build_evaluator(settings, reference, name, device, weights=None, labels=None, digest=None):
         def evaluate(G, seed=0):
             total = sum(float(p.detach().double().sum()) for p in G.parameters())
             return {"metrics/fid": abs(total) % 100, "metrics/is": 1.0}

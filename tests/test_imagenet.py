@@ -18,7 +18,7 @@ import sngan.build
 from sngan import checkpoint
 from sngan.batches import BatchStream
 from sngan.build import build_train_state, training_images
-from sngan.cli import sample_main, train_main
+from sngan.cli import eval_main, sample_main, train_main
 from sngan.config import ConfigError
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark
@@ -275,7 +275,7 @@ def test_intra_fid_needs_a_conditional_model():
 def test_training_passes_the_labels_to_the_evaluator(monkeypatch, tmp_path):
     seen = []
 
-    def build_evaluator(settings, reference, name, device, weights=None, labels=None):
+    def build_evaluator(settings, reference, name, device, weights=None, labels=None, digest=None):
         seen.append((settings.intra_fid, labels))
         return lambda G, seed=0: {"metrics/fid": 1.0, "metrics/is": 1.0}
 
@@ -287,3 +287,60 @@ def test_training_passes_the_labels_to_the_evaluator(monkeypatch, tmp_path):
     train(cfg, tmp_path / "run")
     ((intra, labels),) = seen
     assert intra and torch.equal(labels, training_images(cfg)[1])
+
+
+def test_a_stores_cached_statistics_are_named_by_its_key_not_by_hashing_its_pixels(
+    tmp_path, monkeypatch, inception_weights
+):
+    """Hashing ImageNet's 58.6 GiB store to name the reference statistics took a minute at every
+    start; the store's key digest names them instead. Training and sngan-eval both hand it to
+    the evaluator, and a changed tree (one photo rewritten) is another store: other statistics."""
+    from sngan import metrics
+    from sngan.train import train
+
+    root = imagenet_tree(tmp_path / "imagenet", per_class=2)
+    weights = f"metrics.inception_weights={inception_weights}"
+    cfg = compose_config(
+        "data=imagenet",
+        *SMALL,
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'stores'}",
+        "metrics.enabled=true",
+        "metrics.eval_every=0",
+        weights,
+        f"metrics.cache_dir={tmp_path}",
+        tiny=False,
+    )
+
+    def stats_file(data: sngan.build.TrainingSet) -> str:
+        evaluator = real_build_evaluator(
+            cfg.metrics, data.images, "imagenet", "cpu", None, data.labels, data.digest
+        )
+        return evaluator._cache_path(metrics.INCEPTION, "stats").name
+
+    def hashed(*args):
+        raise AssertionError("the pixels of a store were hashed")
+
+    monkeypatch.setattr(metrics, "tensor_digest", hashed)
+    real_build_evaluator = sngan.build.build_evaluator
+    data = sngan.build.training_set(cfg)
+    (store,) = (tmp_path / "stores").glob("imagenet-128px-*.npy")
+    assert data.digest is not None and store.stem.endswith(data.digest[:20])
+    name = stats_file(data)
+
+    seen = []
+
+    def build_evaluator(*args):
+        seen.append(args[6])
+        return lambda G, seed=0: {"metrics/fid": 1.0, "metrics/is": 1.0}
+
+    monkeypatch.setattr(sngan.build, "build_evaluator", build_evaluator)
+    run = tmp_path / "run"
+    train(cfg, run)
+    eval_main([f"checkpoint={run / 'checkpoints' / 'latest.pt'}", weights, "device=cpu"])
+    assert seen == [data.digest, data.digest]  # training's evaluator, then sngan-eval's
+
+    photo = next((root / "train" / WNIDS[0]).iterdir())
+    Image.new("RGB", (200, 150), (9, 9, 9)).save(photo, quality=90)
+    changed = sngan.build.training_set(cfg)
+    assert changed.digest != data.digest and stats_file(changed) != name

@@ -276,7 +276,7 @@ def test_sngan_sample_draws_the_g_ema_that_evaluation_scores(recompute_run, tmp_
 
     scored = []
 
-    def build_evaluator(settings, reference, name, device, weights=None, labels=None):
+    def build_evaluator(settings, reference, name, device, weights=None, labels=None, digest=None):
         def evaluate(G, seed=0):
             scored.append(G)
             return {"metrics/fid": 1.0, "metrics/is": 1.0}
