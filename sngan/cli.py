@@ -78,8 +78,9 @@ def _one_line_errors(run_dir: Callable[[], Path], multirun: bool = False) -> Ite
             _fail_job(e, multirun=True)
         print(f"sngan-train: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the loop started
-        _fail_job(f"interrupted; {resume_hint(run_dir())}", 130, multirun)
+    except KeyboardInterrupt as e:  # a second Ctrl-C, or one before the loop started
+        # While the image store was being prepared, it says how far that got.
+        _fail_job(f"interrupted; {str(e) or resume_hint(run_dir())}", 130, multirun)
     except checkpoint.CheckpointWriteError as e:  # it names the checkpoint that is intact
         resume = f"once that is fixed, resume with: sngan-train resume={run_dir()}"
         _fail_job(f"{e}; {resume if e.previous else resume_hint(run_dir())}", multirun=multirun)
@@ -199,6 +200,8 @@ def prepare_main(argv: list[str] | None = None) -> None:
         store = training_store(cfg)
     except ConfigError as e:
         _fail("sngan-prepare", e)
+    except KeyboardInterrupt as e:  # Ctrl-C: the images prepared so far are kept
+        _fail("sngan-prepare", f"interrupted; {e}" if str(e) else "interrupted", 130)
     d = cfg.data
     if store is None:
         print(

@@ -66,6 +66,10 @@ class StoreError(OSError):
     """The store cannot be made (no room on its disk); the one-line message says what to do."""
 
 
+class PreparationInterrupted(KeyboardInterrupt):
+    """Ctrl-C while preparing: the message says how far it got and that a re-run continues."""
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/sngan/images``, or ``~/.cache/sngan/images`` where that is unset."""
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -249,9 +253,10 @@ def prepare(
     done = _done_record(p["done"], len(chunks), new)
     todo = [i for i, flag in enumerate(done) if not flag]
     row_bytes = int(np.prod(shape[1:]))
+    prepared = sum(chunks[i][1] - chunks[i][0] for i in range(len(chunks)) if done[i])
     bar = tqdm(
         total=n,
-        initial=sum(chunks[i][1] - chunks[i][0] for i in range(len(chunks)) if done[i]),
+        initial=prepared,
         unit="img",
         desc=f"preparing {p['npy'].name}",
         disable=not progress,
@@ -269,9 +274,15 @@ def prepare(
                     with open(p["bad"], "a", encoding="utf-8") as f:
                         f.writelines(json.dumps([start + j, why]) + "\n" for j, why in bad)
                 os.pwrite(record.fileno(), b"\x01", i)  # after its rows and left-out images
+                prepared += stop - start
                 bar.update(stop - start)
         except OSError as err:  # a worker's write (a full disk where nothing was allocated)
             raise atomic.as_write_error(err, p["partial"]) from err
+        except KeyboardInterrupt:  # the finished chunks are recorded: a re-run continues
+            raise PreparationInterrupted(
+                f"preparing {p['npy']} stopped at {prepared:,} of {n:,} images, which are kept: "
+                "the same command continues from there"
+            ) from None
     return _finish(p, digest, shape, labels, classes)
 
 

@@ -140,6 +140,49 @@ def test_a_killed_preparation_continues_where_it_stopped(photos, tmp_path, monke
     assert store_files(cache) == [resumed.path.with_suffix(".json").name, resumed.path.name]
 
 
+INTERRUPTED = """
+import os, signal, sys
+import sngan.image_store as store
+from sngan.cli import prepare_main
+
+store.CHUNK = 4
+decode, chunks = store.decode_files, []
+
+def decode_files(paths, size):
+    chunks.append(1)
+    if len(chunks) == 3:  # Ctrl-C in the middle of the third of ten chunks
+        os.kill(os.getpid(), signal.SIGINT)
+    return decode(paths, size)
+
+store.decode_files = decode_files
+prepare_main(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_preparing_is_one_line_and_a_re_run_continues(photos, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["data=folder", f"data.root={photos}", "data.image_size=32", f"data.cache_dir={cache}"]
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED, *args, "data.workers=1", "progress=false"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    (partial,) = cache.glob("*.partial.npy")
+    final = partial.name.replace(".partial", "")
+    assert proc.returncode == 130 and proc.stdout == ""
+    assert proc.stderr == (
+        f"sngan-prepare: error: interrupted; preparing {cache / final} stopped at 8 of 40 "
+        "images, which are kept: the same command continues from there\n"
+    )
+    from sngan.cli import prepare_main
+
+    prepare_main([*args, "data.workers=2"])
+    whole = folder_store(photos, image_size=32, cache_dir=tmp_path / "whole", workers=1)
+    assert (cache / final).read_bytes() == whole.path.read_bytes()
+
+
 def test_a_disk_without_room_is_refused_before_the_first_image(photos, tmp_path, monkeypatch):
     decoded = []
     monkeypatch.setattr(image_store, "decode_files", lambda *a: decoded.append(1))
