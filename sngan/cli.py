@@ -249,6 +249,8 @@ def sample_main(argv: list[str] | None = None) -> None:
         iteration, written = sample(args)
     except (ConfigError, checkpoint.CheckpointError, OSError) as e:  # OSError: the written file
         _fail("sngan-sample", e)
+    except KeyboardInterrupt:  # each image file is whole or absent (sngan.atomic)
+        _fail("sngan-sample", "interrupted", 130)
     print(f"sngan-sample: wrote {written} images of iteration {iteration} to {args.out}")
 
 
@@ -260,8 +262,10 @@ def eval_main(argv: list[str] | None = None) -> None:
     args: EvalConfig = parse_args("sngan-eval", EvalConfig, sys.argv[1:] if argv is None else argv)
     try:
         records = evaluate_checkpoint(args)
-    except (ConfigError, checkpoint.CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, checkpoint.CheckpointError, OSError, ValueError) as e:
         _fail("sngan-eval", e)
+    except KeyboardInterrupt:
+        _fail("sngan-eval", "interrupted; nothing was recorded", 130)
     for record in records:  # one JSON line per generator
         print(json.dumps(record))
 

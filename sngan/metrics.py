@@ -414,8 +414,16 @@ def read_cache(path: Path) -> object | None:
 
 
 def write_cache(item: object, path: Path) -> None:
-    """Store a cache entry: whole or absent (a killed write leaves no half file under its name)."""
-    atomic.write_atomic(path, lambda f: torch.save(item, f), needed=atomic.payload_bytes(item))
+    """Store a cache entry: whole or absent (a killed write leaves no half file under its name).
+
+    A cache that cannot be written (a full disk, a read-only directory) is a warning: the
+    evaluation goes on, and the next one computes the entry again."""
+    try:
+        atomic.write_atomic(path, lambda f: torch.save(item, f), needed=atomic.payload_bytes(item))
+    except OSError as err:  # atomic's WriteError: it names the file and the space
+        warnings.warn(
+            f"reference features not cached: {err}; computed again next time", stacklevel=2
+        )
 
 
 # The feature extractors this process has built, by (network, weights file, device).

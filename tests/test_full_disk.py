@@ -5,7 +5,8 @@ where tmpfs cannot be mounted), then resumed once space is freed, to the weights
 never stopped. Then each writer on its own, with ENOSPC injected into that one file's write
 through the real atomic writer: a checkpoint, a sample grid, metrics.jsonl, the run's
 config.yaml, TensorBoard's events, the metrics' weights copy, sngan-sample's grid. Every time:
-one line naming the file, no temporary file left, the last checkpoint loads.
+one line naming the file, no temporary file left, the last checkpoint loads. The metrics' feature
+cache is only a cache: sngan-eval warns in that line and still scores.
 """
 
 from __future__ import annotations
@@ -214,3 +215,55 @@ def test_a_full_disk_in_sngan_sample_is_one_line(tmp_path, monkeypatch, capsys):
         f"sngan-sample: error: could not write {out}: no space left on device ({free} free)\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_sngan_eval_scores_on_when_its_cache_disk_is_full(tmp_path, capsys, inception_weights):
+    """The reference features are only a cache: on a full disk sngan-eval warns in one line
+    naming the file and still prints its record; nothing is left on that disk."""
+    from sngan.cli import eval_main
+
+    train(compose_config("iterations=2"), tmp_path / "run")
+    capsys.readouterr()  # what training printed
+    with mounted_tmpfs(tmp_path / "full", "64k") as full:
+        with pytest.warns(UserWarning) as caught:
+            eval_main(
+                [
+                    f"checkpoint={tmp_path / 'run/checkpoints/latest.pt'}",
+                    f"metrics.inception_weights={inception_weights}",
+                    f"metrics.cache_dir={full}",
+                    "metrics.num_samples=10",
+                    "metrics.num_real=10",
+                    "generators=[G_ema]",
+                    "device=cpu",
+                ]
+            )
+        assert list(full.iterdir()) == []
+    (record,) = capsys.readouterr().out.splitlines()
+    assert '"metrics/fid": ' in record
+    lines = [str(w.message) for w in caught if "not cached" in str(w.message)]
+    assert lines  # the features, then the statistics: each a line naming its file
+    for line in lines:
+        assert re.fullmatch(
+            rf"reference features not cached: could not write {full}/\S+\.pt: no space left on "
+            r"device \(\d+\.\d kB free, [\d.]+ [kM]B needed\); computed again next time",
+            line,
+        ), line
+
+
+def test_ctrl_c_in_sngan_eval_and_sngan_sample_is_one_line(tmp_path, monkeypatch, capsys):
+    import sngan.evaluation
+    import sngan.sample
+    from sngan.cli import eval_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sngan.evaluation, "evaluate_checkpoint", interrupted)
+    monkeypatch.setattr(sngan.sample, "sample", interrupted)
+    for main, args, line in (
+        (eval_main, ["checkpoint=x.pt"], "sngan-eval: error: interrupted; nothing was recorded"),
+        (sample_main, ["checkpoint=x.pt", "out=g.png"], "sngan-sample: error: interrupted"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 130 and capsys.readouterr().err == line + "\n"
