@@ -119,6 +119,7 @@ def _source(cfg: TrainConfig) -> dict[str, Any]:
         "workers": d.workers,
         "progress": cfg.progress,
         "classes": d.classes,
+        "store": d.store,
     }
 
 

@@ -80,6 +80,7 @@ class DataConfig:
     image_size: int = 32  # the resolution of data and networks (stl10, folder: resized to it)
     split: str = "unlabeled"  # stl10: unlabeled (100k images) or train+unlabeled (105k)
     cache_dir: str | None = None  # folder/stl10: the image store; null: ~/.cache/sngan/images
+    store: str | None = None  # a prepared store's .npy, used as it is: no source files needed
     workers: int | None = None  # processes preparing the image store; null: every CPU
     residence: str = "auto"  # where the set is held: device, host (memory map), auto
     classes: int | None = None  # imagenet: class folders train/ must have; null: 1000
@@ -200,7 +201,7 @@ def _choice(key: str, value: str, options: Sequence[str]) -> None:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Reject values that cannot work, naming the key; return ``cfg`` unchanged."""
-    from sngan.data import SOURCES
+    from sngan.data import SOURCES, STORE_SOURCES
     from sngan.losses import LOSSES
     from sngan.models import GENERATORS
 
@@ -291,7 +292,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     )
     check_intra_fid("metrics", e, m.num_classes)
     _check(
-        d.source != "folder" or d.root is not None,
+        d.store is None or (d.source in STORE_SOURCES and d.store.endswith(".npy")),
+        "data.store",
+        d.store,
+        f"a .npy file that sngan-prepare wrote, for data.source={'|'.join(STORE_SOURCES)}"
+        f" (data.source={d.source})",
+    )
+    _check(
+        d.source != "folder" or d.root is not None or d.store is not None,
         "data.root",
         d.root,
         "data.source=folder needs data.root=<a folder of class subfolders of images>",

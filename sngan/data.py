@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 # (it loads torch._dynamo), and the CLI imports this module to check a config and refuse a bad one.
 
 SOURCES = ("cifar10", "stl10", "folder", "imagenet", "synthetic")
+STORE_SOURCES = ("folder", "imagenet", "stl10")  # prepared into an image store (stl10: resized)
 
 DEFAULT_ROOT = Path("~/.cache/sngan/data")
 CIFAR10_URL = cifar10.URL
@@ -82,6 +83,7 @@ def load_images(
     workers: int | None = 1,
     progress: bool = False,
     classes: int | None = None,
+    store: str | os.PathLike | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) uint8 images and (N,) int64 labels, on the CPU.
 
@@ -101,10 +103,11 @@ def load_images(
     ``folder``, ``imagenet`` and resized ``stl10`` images come from their store in ``cache_dir``
     (default ``$XDG_CACHE_HOME/sngan/images``, else ``~/.cache/sngan/images``), prepared first by
     ``workers`` processes (None: every CPU this process may use) if it is not there: see
-    ``sngan.image_store``. Their images tensor maps the store's file.
+    ``sngan.image_store``. Their images tensor maps the store's file. ``store``: a prepared
+    store's .npy (``data.store``), used as it is; the source's files need not exist.
     """
     # The values are checked once, with the config (sngan.config.validate), not again here.
-    store = source_store(
+    prepared = source_store(
         source,
         root=root,
         image_size=image_size,
@@ -114,9 +117,10 @@ def load_images(
         workers=workers,
         progress=progress,
         classes=classes,
+        store=store,
     )
-    if store is not None:
-        return as_tensors(store)
+    if prepared is not None:
+        return as_tensors(prepared)
     if source == "cifar10":
         return load_cifar10(_data_root(root), train=train, download=download)
     if source == "stl10":  # at 96 pixels: the binaries as they are
@@ -140,9 +144,13 @@ def source_store(
     workers: int | None,
     progress: bool,
     classes: int | None = None,
+    store: str | os.PathLike | None = None,
 ) -> Store | None:
     """The image store behind a source, prepared now if it is not complete; None for the
-    sources read as they are (cifar10, synthetic, stl10 at 96 pixels)."""
+    sources read as they are (cifar10, synthetic, stl10 at 96 pixels). ``store``: a prepared
+    store's .npy, used as it is, whatever is at ``root``."""
+    if store is not None:
+        return image_store.open_prepared(Path(store).expanduser(), image_size)
     if source == "folder":
         return folder_store(
             root, image_size=image_size, cache_dir=cache_dir, workers=workers, progress=progress

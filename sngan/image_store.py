@@ -129,31 +129,62 @@ def _paths(stem: Path) -> dict[str, Path]:
     }
 
 
+# What reading a store's files can raise when they are damaged or foreign.
+_UNREADABLE = (OSError, EOFError, ValueError, KeyError, TypeError)
+
+
 def open_store(stem: Path, digest: str, shape: tuple[int, int, int, int]) -> Store | None:
     """The complete store at ``stem``, or None when it is absent or cannot be used (a damaged
     or foreign one costs a warning and is prepared again)."""
     p = _paths(stem)
+    if not p["meta"].is_file():  # written last: without it the store is absent or unfinished
+        return None
     try:
-        if not p["meta"].is_file():  # written last: without it the store is absent or unfinished
-            return None
-        meta = json.loads(p["meta"].read_text(encoding="utf-8"))
-        if meta["format"] != STORE_FORMAT or meta["key"] != digest:
-            raise ValueError(f"written for another key or format ({meta['key']}, {meta['format']})")
-        # "c": copy-on-write, so torch may wrap it (read-only maps warn); nothing writes to it.
-        images = np.load(p["npy"], mmap_mode="c", allow_pickle=False)
-        count = int(meta["count"])
-        labels = np.asarray(meta["labels"], dtype=np.int64)
-        if images.dtype != np.uint8 or images.shape != shape or labels.shape != (count,):
-            raise ValueError(
-                f"holds {images.dtype} images of shape {images.shape} and {labels.shape[0]} "
-                f"labels, expected uint8 {shape}"
-            )
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
+        return _read(p, digest, shape)
+    except _UNREADABLE as err:
         warnings.warn(
             f"ignoring image store {p['npy']} ({type(err).__name__}: {err}); preparing it again",
             stacklevel=4,
         )
         return None
+
+
+def open_prepared(npy: Path, image_size: int) -> Store:
+    """The store in ``npy`` and the ``.json`` beside it, as sngan-prepare wrote them, used as
+    it is (``data.store``: its source files need not be there). A missing, damaged or
+    other-size store is a ValueError with a one-line message."""
+    p = _paths(npy.with_suffix(""))
+    if not (npy.is_file() and p["meta"].is_file()):
+        raise ValueError(
+            f"data.store={npy} is not a prepared image store: it needs {npy.name} and "
+            f"{p['meta'].name} side by side, as sngan-prepare writes them"
+        )
+    try:
+        meta = json.loads(p["meta"].read_text(encoding="utf-8"))
+        shape = tuple(int(s) for s in meta["shape"])
+        if shape[2:] != (image_size, image_size):
+            raise ValueError(
+                f"it holds {shape[2]}x{shape[3]} images, and data.image_size={image_size}"
+            )
+        return _read(p, meta["key"], shape)
+    except _UNREADABLE as err:
+        raise ValueError(f"data.store={npy} cannot be used: {err}") from err
+
+
+def _read(p: dict[str, Path], digest: str, shape: tuple[int, ...]) -> Store:
+    """The complete store of ``p``'s files, checked against its key's digest and shape."""
+    meta = json.loads(p["meta"].read_text(encoding="utf-8"))
+    if meta["format"] != STORE_FORMAT or meta["key"] != digest:
+        raise ValueError(f"written for another key or format ({meta['key']}, {meta['format']})")
+    # "c": copy-on-write, so torch may wrap it (read-only maps warn); nothing writes to it.
+    images = np.load(p["npy"], mmap_mode="c", allow_pickle=False)
+    count = int(meta["count"])
+    labels = np.asarray(meta["labels"], dtype=np.int64)
+    if images.dtype != np.uint8 or images.shape != shape or labels.shape != (count,):
+        raise ValueError(
+            f"holds {images.dtype} images of shape {images.shape} and {labels.shape[0]} "
+            f"labels, expected uint8 {shape}"
+        )
     return Store(
         p["npy"], images[:count], labels, list(meta["classes"]), list(meta["left_out"]), digest
     )

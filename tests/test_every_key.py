@@ -25,7 +25,13 @@ from stl10_fixture import write_stl10
 
 import sngan.build
 from sngan import checkpoint, losses
-from sngan.build import build_networks, build_train_state, check_fits, training_images
+from sngan.build import (
+    build_networks,
+    build_train_state,
+    check_fits,
+    training_images,
+    training_set,
+)
 from sngan.config import ConfigError, EvalConfig, SampleConfig, TrainConfig
 from sngan.extractor_weights import INCEPTION, file_digest
 from sngan.models import ConditionalBatchNorm2d, ResNetGenerator
@@ -263,6 +269,26 @@ def _(ctx):
     )
     stores = (ctx.tmp / "c").iterdir()
     assert sorted(p.suffix for p in stores if not p.name.startswith(".")) == [".json", ".npy"]
+
+
+@effect("data.store")
+def _(ctx):
+    # A prepared store moved away from its source, which is then gone: used as it is.
+    import shutil
+
+    root = make_folder(ctx.tmp / "s", per_class=2)
+    prepared = training_set(
+        compose_config("data=folder", f"data.root={root}", f"data.cache_dir={ctx.tmp / 'c'}")
+    )
+    moved = ctx.tmp / "moved"
+    shutil.copytree(ctx.tmp / "c", moved)
+    shutil.rmtree(root)
+    (npy,) = moved.glob("*.npy")
+    data = training_set(compose_config("data=folder", f"data.root={root}", f"data.store={npy}"))
+    assert torch.equal(data.images, prepared.images) and torch.equal(data.labels, prepared.labels)
+    assert data.digest == prepared.digest  # the same reference statistics
+    with pytest.raises(ConfigError, match=r"holds 32x32 images, and data.image_size=64"):
+        training_images(compose_config("data=folder", f"data.store={npy}", "data.image_size=64"))
 
 
 @effect("data.workers")

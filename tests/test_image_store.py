@@ -7,6 +7,7 @@ some smaller than the target), saved as JPEG, so Pillow's reduced-scale decoding
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -214,6 +215,48 @@ def test_a_disk_without_room_through_sngan_train(photos, tmp_path, monkeypatch, 
         err = capsys.readouterr().err
         assert err.startswith("sngan-train: error: not enough space for the image store ")
         assert err.count("\n") == 1 and not run_dir.exists()
+
+
+def test_a_store_moved_without_its_source_trains_through_data_store(tmp_path, monkeypatch, capsys):
+    """sngan-prepare on one machine, the two files copied to another that has no source tree:
+    sngan-train data.store=<file> trains on them; what cannot work is one line, and no run
+    directory is left."""
+    import shutil
+
+    from sngan.cli import prepare_main, train_main
+
+    photos = make_photos(tmp_path / "photos", 12)
+    prepare_main(["data=folder", f"data.root={photos}", f"data.cache_dir={tmp_path / 'login'}"])
+    node = tmp_path / "node"
+    shutil.copytree(tmp_path / "login", node)
+    shutil.rmtree(photos)
+    (npy,) = node.glob("*.npy")
+    monkeypatch.chdir(tmp_path)
+
+    def sngan_train(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["sngan-train", *TINY, "data=folder", *args])
+        with contextlib.suppress(SystemExit):  # a refusal exits 1, after its line
+            train_main()
+        return capsys.readouterr().err
+
+    sngan_train(f"data.store={npy}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert checkpoint.load(tmp_path / "run/checkpoints/latest.pt")["iteration"] == 4
+    npy.with_suffix(".json").unlink()
+    for args, error in (
+        (
+            [f"data.store={npy}"],
+            f"data.store={npy} is not a prepared image store: it needs {npy.name} and "
+            f"{npy.with_suffix('.json').name} side by side, as sngan-prepare writes them",
+        ),
+        (
+            [f"data.store={photos}.png"],
+            f"data.store='{photos}.png' is not valid: a .npy file that sngan-prepare wrote, for "
+            "data.source=folder|imagenet|stl10 (data.source=folder)",
+        ),
+    ):
+        run_dir = tmp_path / "refused"
+        err = sngan_train(*args, f"hydra.run.dir={run_dir}")
+        assert err == f"sngan-train: error: {error}\n" and not run_dir.exists()
 
 
 def test_a_corrupt_jpeg_is_named_and_left_out(tmp_path):
