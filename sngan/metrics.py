@@ -273,7 +273,7 @@ class Evaluator:
                     index = torch.nonzero(self.labels == c).flatten()
                     if len(index) < 2:
                         raise ValueError(f"intra-FID: class {c} has {len(index)} reference images")
-                    real = self._dataset_features(INCEPTION, index)[FID_LAYER]
+                    real = self._features_of_class(c, index)
                     fake = self._features(INCEPTION, G, self.intra_fid_samples, seed, label=c)
                     fid = fid_statistics_to_metric(
                         fid_features_to_statistics(fake[FID_LAYER]),
@@ -285,6 +285,15 @@ class Evaluator:
             for module, training in modes.items():
                 module.train(training)
         return out
+
+    def _features_of_class(self, c: int, index: torch.Tensor) -> torch.Tensor:
+        """Class ``c``'s reference images ``index``: their features, cached (about 8 kB an image:
+        ImageNet's classes take 10.5 GB), so a second intra-FID computes only G's."""
+        # The reference's digest covers the images compared with; a class may hold others,
+        # whose pixels name its entry too, unless a store's key covers them all.
+        pixels = "" if self.reference_digest else f"-{tensor_digest(self.real, index)}"
+        name = f"class{c}-n{len(index)}{pixels}-"
+        return self._features_of_reference(INCEPTION, FID_LAYER, index, name)
 
     def _extractor(self, network: Network) -> torch.nn.Module:
         """The network, built on first use and kept for the process (per weights and device):
@@ -373,13 +382,17 @@ class Evaluator:
             False,
         )
 
-    def _features_of_reference(self, network: Network, layer: str) -> torch.Tensor:
-        """The reference's (num_real, D) features at ``layer``, from the cache or computed."""
-        path = self._cache_path(network, f"features-{layer}")
+    def _features_of_reference(
+        self, network: Network, layer: str, index: torch.Tensor | None = None, what: str = ""
+    ) -> torch.Tensor:
+        """The (len(index), D) features at ``layer`` of the reference images ``index`` (None:
+        those compared with), from the cache or computed and cached; ``what`` names a subset."""
+        index = self._used() if index is None else index
+        path = self._cache_path(network, f"{what}features-{layer}")
         features = read_cache(path)
-        if isinstance(features, torch.Tensor) and features.shape[0] == self.num_real:
+        if isinstance(features, torch.Tensor) and features.shape[0] == len(index):
             return features
-        features = self._dataset_features(network, self._used())[layer]
+        features = self._dataset_features(network, index)[layer]
         write_cache(features, path)
         return features
 

@@ -250,6 +250,22 @@ def test_intra_fid_is_each_classes_fid_computed_by_hand(tmp_path, inception_weig
     assert got == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_a_second_intra_fid_reads_each_classes_features_from_the_cache(
+    tmp_path, inception_weights, monkeypatch
+):
+    """Each class's reference features are cached: a second evaluation (another process, the
+    same cache) runs Inception on G's samples only, and scores the same."""
+    reference, labels = toy_reference(2)
+    settings = {"intra_fid_samples": 2, "intra_fid_classes": [0, 2]}
+    first = toy_evaluator(reference, labels, tmp_path, inception_weights, **settings)
+    expected = first.intra_fid_by_class(ClassColours(), seed=1)
+    second = toy_evaluator(reference, labels, tmp_path, inception_weights, **settings)
+    real = []
+    monkeypatch.setattr(second, "_dataset_features", lambda *args: real.append(args))
+    assert second.intra_fid_by_class(ClassColours(), seed=1) == expected and real == []
+    assert len(list(tmp_path.glob("*-class[02]-n2-*features-2048.pt"))) == 2
+
+
 def test_a_record_carries_the_mean_intra_fid_and_the_classes(
     tmp_path, inception_weights, monkeypatch
 ):
