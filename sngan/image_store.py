@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -140,7 +140,7 @@ def open_store(stem: Path, digest: str, shape: tuple[int, int, int, int]) -> Sto
     if not p["meta"].is_file():  # written last: without it the store is absent or unfinished
         return None
     try:
-        return _read(p, digest, shape)
+        return _read(p, _meta(p), digest, shape)
     except _UNREADABLE as err:
         warnings.warn(
             f"ignoring image store {p['npy']} ({type(err).__name__}: {err}); preparing it again",
@@ -160,20 +160,25 @@ def open_prepared(npy: Path, image_size: int) -> Store:
             f"{p['meta'].name} side by side, as sngan-prepare writes them"
         )
     try:
-        meta = json.loads(p["meta"].read_text(encoding="utf-8"))
+        meta = _meta(p)
         shape = tuple(int(s) for s in meta["shape"])
         if shape[2:] != (image_size, image_size):
             raise ValueError(
                 f"it holds {shape[2]}x{shape[3]} images, and data.image_size={image_size}"
             )
-        return _read(p, meta["key"], shape)
+        return _read(p, meta, meta["key"], shape)
     except _UNREADABLE as err:
         raise ValueError(f"data.store={npy} cannot be used: {err}") from err
 
 
-def _read(p: dict[str, Path], digest: str, shape: tuple[int, ...]) -> Store:
-    """The complete store of ``p``'s files, checked against its key's digest and shape."""
-    meta = json.loads(p["meta"].read_text(encoding="utf-8"))
+def _meta(p: dict[str, Path]) -> dict[str, Any]:
+    """A store's ``.json``: its key's digest, shape, labels, classes and left-out images."""
+    return json.loads(p["meta"].read_text(encoding="utf-8"))
+
+
+def _read(p: dict[str, Path], meta: dict[str, Any], digest: str, shape: tuple[int, ...]) -> Store:
+    """The complete store of ``p``'s files and their ``meta``, checked against the key's
+    digest and the shape."""
     if meta["format"] != STORE_FORMAT or meta["key"] != digest:
         raise ValueError(f"written for another key or format ({meta['key']}, {meta['format']})")
     # "c": copy-on-write, so torch may wrap it (read-only maps warn); nothing writes to it.
