@@ -308,7 +308,7 @@ def test_training_passes_the_labels_to_the_evaluator(monkeypatch, tmp_path):
 def test_a_stores_cached_statistics_are_named_by_its_key_not_by_hashing_its_pixels(
     tmp_path, monkeypatch, inception_weights
 ):
-    """Hashing ImageNet's 58.6 GiB store to name the reference statistics took a minute at every
+    """Hashing ImageNet's 58.6 GiB store to name the reference statistics took 95 s at every
     start; the store's key digest names them instead. Training and sngan-eval both hand it to
     the evaluator, and a changed tree (one photo rewritten) is another store: other statistics."""
     from sngan import metrics
