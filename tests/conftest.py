@@ -6,6 +6,7 @@ import contextlib
 import os
 import pickle
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -259,6 +260,19 @@ TINY = [
     "progress=false",
     "device=cpu",
 ]
+
+
+def torchrun_two(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """``torchrun --nproc_per_node=2 <args>`` on the CPU (gloo; one OpenMP thread a rank), as a
+    user launches it; the CompletedProcess, with its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def compose_config(*overrides: str, tiny: bool = True):

@@ -10,7 +10,7 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY
+from conftest import TINY, torchrun_two
 from torch import nn
 
 from sngan.distributed import Context, replica_mismatches
@@ -20,23 +20,13 @@ from sngan.spectral_norm import spectral_norm
 def test_torchrun_two_processes(tmp_path):
     run_dir = tmp_path / "run"
     overrides = [o for o in TINY if not o.startswith("checkpoint_every")]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "-m",
-            "sngan.cli",
-            *overrides,
-            "checkpoint_every=100",
-            f"hydra.run.dir={run_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = torchrun_two(
+        "-m",
+        "sngan.cli",
+        *overrides,
+        "checkpoint_every=100",
+        f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # replica_mismatches compared every parameter and buffer (u, v too) with rank 0's.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY, compose_config, mounted_tmpfs
+from conftest import REPO_ROOT, TINY, compose_config, mounted_tmpfs, torchrun_two
 from PIL import Image
 
 import sngan.image_store as image_store
@@ -436,26 +436,17 @@ def test_under_torchrun_both_ranks_map_the_one_file(photos, tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(RANKS)
     overrides = [o for o in TINY if not o.startswith("checkpoint_every")]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            str(script),
-            *overrides,
-            *HOST,
-            f"data.root={photos}",
-            f"data.cache_dir={cache}",
-            "data.residence=host",
-            "iterations=2",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = torchrun_two(
+        str(script),
+        *overrides,
+        *HOST,
+        f"data.root={photos}",
+        f"data.cache_dir={cache}",
+        "data.residence=host",
+        "iterations=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+        env={"PYTHONPATH": str(REPO_ROOT)},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK "))
