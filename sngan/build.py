@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sngan import distributed
 from sngan.batches import BatchStream, HostBatchStream, choose_residence
 from sngan.config import ConfigError, MetricsConfig, TrainConfig
-from sngan.data import as_tensors, load_images, source_store
+from sngan.data import as_tensors, read_source, source_store
 from sngan.guard import UpdateGuard
 from sngan.image_store import Store
 from sngan.losses import get_loss
@@ -84,11 +84,17 @@ def training_set(cfg: TrainConfig) -> TrainingSet:
     if store is not None:
         return TrainingSet(*as_tensors(store), digest=store.digest)
     d = cfg.data
-    try:
-        images, labels = load_images(
-            d.source, num_images=d.num_images, seed=cfg.seed, **_source(cfg)
+    try:  # the sources without a store (source_store was asked once, above)
+        images, labels = read_source(
+            d.source,
+            root=d.root,
+            image_size=d.image_size,
+            download=d.download,
+            split=d.split,
+            num_images=d.num_images,
+            seed=cfg.seed,
         )
-    except (OSError, ValueError) as e:  # no such folder, no images in it, CIFAR-10 not there
+    except (OSError, ValueError) as e:  # CIFAR-10 not there, or damaged
         raise ConfigError(str(e)) from e
     return TrainingSet(images, labels)
 

@@ -121,6 +121,31 @@ def load_images(
     )
     if prepared is not None:
         return as_tensors(prepared)
+    return read_source(
+        source,
+        root=root,
+        image_size=image_size,
+        download=download,
+        train=train,
+        split=split,
+        num_images=num_images,
+        seed=seed,
+    )
+
+
+def read_source(
+    source: str,
+    *,
+    root: str | os.PathLike | None,
+    image_size: int,
+    download: bool,
+    split: str,
+    num_images: int,
+    seed: int,
+    train: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sources read as they are, for which ``source_store`` has no store: cifar10, stl10
+    at 96 pixels, synthetic (``load_images`` says what each is)."""
     if source == "cifar10":
         return load_cifar10(_data_root(root), train=train, download=download)
     if source == "stl10":  # at 96 pixels: the binaries as they are
